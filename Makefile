@@ -1,0 +1,55 @@
+# genrecon: the two commands a new user types are `make run` and `make test`.
+# Both create the virtual environment (.venv) first when it is missing or out of date.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.genrecon-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+SNAKEMAKE := snakemake --snakefile workflow/Snakefile
+
+.PHONY: run test test-all lint bench paper-dry-run data-publish data-pull clean-results venv
+
+venv: $(STAMP)
+
+$(STAMP): envs/requirements.txt pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, alone: on CPU machines the local CPU wheel, on clusters the CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -r envs/requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## Run the whole pipeline at the default (smoke) scale: results/report/index.html
+run: venv
+	$(SNAKEMAKE) --cores 2
+
+## Fast tests (unit tests, lint, dry runs of both scales, one tiny end-to-end DAG run)
+test: venv
+	$(BIN)/python -m pytest -q
+
+## Everything, including slow tests
+test-all: venv
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(SNAKEMAKE) --lint
+
+bench: venv
+	$(BIN)/genrecon bench --out results/benchmarks.json
+
+## What the full reproduction runs (downloads, training, evaluation, sweeps, report)
+paper-dry-run: venv
+	$(SNAKEMAKE) -n --config scale=paper
+
+## Publish the current data/ as the pinned data version (updates data.dvc; commit it)
+data-publish: venv
+	$(BIN)/dvc add data
+	$(BIN)/dvc push
+
+## Restore data/ from the DVC remote without re-downloading or regenerating
+data-pull: venv
+	$(BIN)/dvc pull
+
+clean-results:
+	rm -rf results

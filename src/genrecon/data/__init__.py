@@ -1,0 +1,1 @@
+"""Datasets in their real on-disk formats: readers, writers, downloads, embedded sets."""

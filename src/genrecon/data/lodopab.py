@@ -1,0 +1,127 @@
+"""LoDoPaB-CT in its original HDF5 layout: reader, writer, Zenodo download, smoke generator.
+
+Layout (Leuschner et al., Sci. Data 2021, Zenodo record 3384092): one directory with
+`ground_truth_{split}_{NNN}.hdf5` and `observation_{split}_{NNN}.hdf5`, dataset key `data`,
+float32, `slices_per_file` slices per file (the last file shorter). Splits are `train`,
+`validation`, `test`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import requests
+from tqdm import tqdm
+
+from genrecon.data.download import download
+from genrecon.data.phantoms import body_phantom
+from genrecon.physics.ct import CTGeometry, fbp, fbp_operator, simulate_lowdose
+
+SPLITS = ("train", "validation", "test")
+KINDS = ("ground_truth", "observation")
+ZENODO_API = "https://zenodo.org/api/records/{record}"
+
+
+def file_name(kind: str, split: str, index: int) -> str:
+    return f"{kind}_{split}_{index:03d}.hdf5"
+
+
+def write_split(root: Path, kind: str, split: str, array: np.ndarray, slices_per_file: int) -> None:
+    """Write a stack as consecutive LoDoPaB files (key `data`, float32, no timestamps)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index, start in enumerate(range(0, len(array), slices_per_file)):
+        with h5py.File(root / file_name(kind, split, index), "w", track_order=False) as f:
+            f.create_dataset(
+                "data",
+                data=array[start : start + slices_per_file].astype(np.float32),
+                track_times=False,
+            )
+
+
+def split_files(root: Path, kind: str, split: str) -> list[Path]:
+    files = sorted(Path(root).glob(f"{kind}_{split}_[0-9][0-9][0-9].hdf5"))
+    if not files:
+        raise FileNotFoundError(
+            f"no LoDoPaB files {kind}_{split}_NNN.hdf5 in {root}: run the data step "
+            "(`snakemake data` or `genrecon prepare lodopab`)"
+        )
+    return files
+
+
+def read_split(root: Path, kind: str, split: str, limit: int | None = None) -> np.ndarray:
+    """Read one split of one kind as a float32 array (n, ...); `limit` reads only the first n."""
+    parts, count = [], 0
+    for path in split_files(root, kind, split):
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise KeyError(f"{path}: no dataset 'data' (not a LoDoPaB file?)")
+            take = f["data"].shape[0] if limit is None else min(limit - count, f["data"].shape[0])
+            parts.append(f["data"][:take])
+            count += take
+        if limit is not None and count >= limit:
+            break
+    return np.concatenate(parts).astype(np.float32)
+
+
+def generate_synthetic(root: Path, cfg: dict, seed: int) -> None:
+    """Smoke-scale LoDoPaB: body-like phantoms, simulated as LoDoPaB was (reduced geometry)."""
+    geometry = CTGeometry(cfg["image_size"], cfg["num_angles"])
+    for split_index, split in enumerate(SPLITS):
+        n = cfg["splits"][split]
+        rng = np.random.default_rng([seed, split_index])
+        truth = np.stack(
+            [body_phantom(cfg["image_size"], rng) for _ in tqdm(range(n), desc=f"phantoms {split}")]
+        )
+        obs = np.stack(
+            [
+                simulate_lowdose(x, geometry, cfg["photons"], rng, cfg["upsample"])
+                for x in tqdm(truth, desc=f"simulate {split}")
+            ]
+        )
+        write_split(root, "ground_truth", split, truth, cfg["slices_per_file"])
+        write_split(root, "observation", split, obs, cfg["slices_per_file"])
+
+
+def compute_fbp(root: Path, out: Path, cfg: dict) -> None:
+    """FBP of every observation, once: the conditioning input never changes during training."""
+    geometry = CTGeometry(cfg["image_size"], cfg["num_angles"])
+    op = fbp_operator(geometry, cfg["fbp"]["filter"], cfg["fbp"]["frequency_scaling"])
+    with h5py.File(out, "w") as f:
+        for split in SPLITS:
+            files = split_files(root, "observation", split)
+            recos = []
+            for path in tqdm(files, desc=f"FBP {split}"):
+                with h5py.File(path, "r") as g:
+                    recos.append(fbp(g["data"][:], op))
+            f.create_dataset(split, data=np.concatenate(recos), track_times=False)
+
+
+def download_zenodo(root: Path, record: int, api: str = ZENODO_API) -> None:
+    """Download every file of a Zenodo record with its published md5, resumably, then unzip.
+
+    The record's metadata (file names, sizes, md5 checksums) is saved beside the data so the
+    exact version downloaded is on record.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    meta_path = root / "zenodo_record.json"
+    if not meta_path.exists():
+        response = requests.get(api.format(record=record), timeout=60)
+        response.raise_for_status()
+        meta_path.write_text(json.dumps(response.json(), indent=1))
+    meta = json.loads(meta_path.read_text())
+    archives = root / "archives"
+    for entry in meta["files"]:
+        algorithm, digest = entry["checksum"].split(":", 1)
+        url = entry["links"].get("self") or entry["links"]["download"]
+        path = download(url, archives / entry["key"], digest, algorithm)
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as z:
+                missing = [n for n in z.namelist() if not (root / n).exists()]
+                for name in tqdm(missing, desc=f"unzip {path.name}"):
+                    z.extract(name, root)
+        elif not (root / path.name).exists():
+            (root / path.name).symlink_to(path.resolve())

@@ -1,0 +1,1 @@
+"""Posterior estimates from trained flows: conditional mean / std, sample refinement."""

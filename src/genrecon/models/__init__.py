@@ -1,0 +1,1 @@
+"""Flows, conditioning networks and base distributions."""

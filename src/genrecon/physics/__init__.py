@@ -1,0 +1,1 @@
+"""Forward operators: CT (ODL + astra) and Gaussian compressed sensing."""

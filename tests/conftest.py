@@ -1,0 +1,45 @@
+"""Shared fixtures: small files in the real formats, written fresh for each test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def tiny_lodopab_cfg() -> dict:
+    return {
+        "source": "synthetic",
+        "image_size": 16,
+        "num_angles": 12,
+        "upsample": 2,
+        "photons": 4096,
+        "slices_per_file": 4,
+        "splits": {"train": 6, "validation": 3, "test": 2},
+        "fbp": {"filter": "Hann", "frequency_scaling": 0.641025641},
+    }
+
+
+@pytest.fixture
+def tiny_arch() -> dict:
+    return {
+        "levels": 2,
+        "blocks_per_level": 2,
+        "cond_channels": [4, 8],
+        "cond_features": 4,
+        "dense_dim": 8,
+        "dense_cond": 4,
+        "hidden": 8,
+        "split": True,
+    }
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,170 @@
+"""The Snakemake workflow: lint, dry runs of both scales, and one tiny end-to-end run of the DAG."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", "workflow/Snakefile", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    lines = output.split("Job stats:")[1].splitlines()[3:]
+    jobs = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def test_lint_is_clean():
+    out = snakemake("--lint")
+    assert "Congratulations, your workflow is in a good condition" in out.stdout + out.stderr
+
+
+def test_paper_dry_run_lists_the_full_reproduction(tmp_path):
+    out = snakemake("-n", "--config", "scale=paper", "--directory", str(ROOT))
+    jobs = planned_jobs(out.stdout)
+    paper = yaml.safe_load((ROOT / "params.yaml").read_text())["paper"]
+    lodopab = [m for m, e in paper["models"].items() if e["dataset"] == "lodopab"]
+    assert jobs["download_lodopab"] == 1 and jobs["download_mnist"] == 1
+    assert jobs["train"] == jobs["evaluate"] == jobs["sweep_samples"] == len(paper["models"])
+    assert jobs["sweep_refinement"] == len(lodopab) == 4
+    assert jobs["notebook"] == 3 and jobs["index"] == 1
+    assert "results/paper/models/lodopab_ms_radial_nonoise/best.pt" in out.stdout
+
+
+def test_smoke_dry_run_needs_no_download():
+    jobs = planned_jobs(snakemake("-n", "--forceall").stdout)
+    assert "download_lodopab" not in jobs and jobs["prepare_lodopab"] == 1
+
+
+def test_config_may_only_choose_the_scale():
+    out = snakemake("-n", "--config", "seed=3", check=False)
+    assert out.returncode != 0
+    assert "--config may only set `scale`; edit params.yaml for seed" in out.stdout + out.stderr
+
+
+def _tiny(params: dict) -> dict:
+    s = params["smoke"]
+    s["datasets"]["lodopab"].update(
+        image_size=16,
+        num_angles=12,
+        slices_per_file=8,
+        splits={"train": 24, "validation": 8, "test": 4},
+    )
+    s["datasets"]["mnist"]["splits"] = {"train": 40, "validation": 10, "test": 6}
+    small = {
+        "levels": 2,
+        "blocks_per_level": 2,
+        "cond_channels": [4, 8],
+        "cond_features": 4,
+        "dense_cond": 8,
+        "hidden": 8,
+    }
+    s["architectures"]["lodopab_smoke"].update(small, dense_dim=16)
+    s["architectures"]["mnist"].update(small, dense_dim=32)
+    for cfg in s["train"].values():
+        cfg.update(steps=4, batch_size=4, val_every=2)
+    for cfg in s["evaluate"].values():
+        cfg.update(num_samples=4, num_images=4, batch_samples=4)
+    s["sweeps"] = {
+        "num_samples": [1, 2, 4],
+        "refinement": {"lambdas": [0, 1], "steps": 2, "lr": 1e-4, "num_images": 2},
+    }
+    return params
+
+
+def test_tiny_end_to_end_run(tmp_path):
+    project = tmp_path / "genrecon"
+    ignore = shutil.ignore_patterns(
+        ".venv",
+        "results",
+        "data",
+        ".snakemake",
+        ".git",
+        "__pycache__",
+        ".dvc-storage",
+        "*.egg-info",
+    )
+    shutil.copytree(ROOT, project, ignore=ignore)
+    params = _tiny(yaml.safe_load((project / "params.yaml").read_text()))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.email=ci@genrecon", "-c", "user.name=ci", "commit", "-qm", "tiny"],
+    ):
+        subprocess.run(["git", *cmd], cwd=project, check=True)
+
+    snakemake("--cores", "2", cwd=project)
+
+    report = project / "results" / "report"
+    assert "numbers.csv" in (report / "index.html").read_text()
+    for page in ("lodopab", "mnist", "provenance"):
+        html = (report / f"{page}.html").read_text()
+        assert "Traceback" not in html and "<img" in html or page == "provenance"
+    rows = list(csv.DictReader(open(report / "numbers.csv")))
+    tables = {r["table"] for r in rows}
+    assert {
+        "table1_mnist_cs",
+        "table3_lodopab",
+        "table4_refinement",
+        "sweep_num_samples",
+        "benchmarks",
+        "training",
+        "table_lowdose_ct_2020",
+    } <= tables
+    assert all(
+        "[paper]" in r["method"] or "[ours, smoke:" in r["method"] or r["table"] == "benchmarks"
+        for r in rows
+    )
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project}/results/mlflow.db")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True
+    ).stdout.strip()
+    for run_id in {r["run_id"] for r in rows}:
+        tags = client.get_run(run_id).data.tags
+        assert tags["git_commit"] == head and tags["git_dirty"] == "false"
+        assert {"data_hash", "data_dvc_md5", "rule", "wildcards"} <= set(tags)
+    train_runs = client.search_runs(
+        [client.get_experiment_by_name("genrecon").experiment_id], "tags.job = 'train'"
+    )
+    assert len(train_runs) == 4 and all(r.data.tags["data_hash"] != "none" for r in train_runs)
+
+    again = snakemake("--cores", "2", "-n", cwd=project)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True
+    ).stdout
+    assert status == ""

@@ -1,0 +1,82 @@
+NOTEBOOKS = ["lodopab", "mnist", "provenance"]
+
+
+rule benchmarks:
+    input:
+        tracking="results/.tracking_ready",
+    output:
+        "results/benchmarks.json",
+    threads: workflow.cores
+    params:
+        scale=SCALE,
+    conda:
+        "../../envs/genrecon.yaml"
+    log:
+        f"{LOGS}/benchmarks.log",
+    resources:
+        mem_mb=resource("default", "mem_mb"),
+        runtime=resource("default", "runtime"),
+    shell:
+        "GENRECON_THREADS={threads} genrecon --scale {params.scale} bench --quick --out {output} > {log} 2>&1"
+
+
+rule numbers:
+    input:
+        evals=expand(f"{RESULTS}/eval/{{model}}/summary.json", model=MODELS),
+        trains=expand(f"{RESULTS}/models/{{model}}/train.json", model=MODELS),
+        baselines=expand(f"{RESULTS}/eval/baseline_{{dataset}}/summary.json", dataset=DATASETS),
+        samples=expand(f"{RESULTS}/sweeps/samples_{{model}}.csv", model=MODELS),
+        refine=expand(f"{RESULTS}/sweeps/refine_{{model}}.csv", model=LODOPAB_MODELS),
+        bench="results/benchmarks.json",
+        paper="reference/paper_results.yaml",
+    output:
+        "results/report/numbers.csv",
+    params:
+        scale=SCALE,
+        results=lambda w, input: str(Path(input.trains[0]).parents[2]),
+    conda:
+        "../../envs/genrecon.yaml"
+    log:
+        f"{LOGS}/numbers.log",
+    shell:
+        "genrecon --scale {params.scale} report numbers --results {params.results} --paper {input.paper}"
+        " --benchmarks {input.bench} --out {output} > {log} 2>&1"
+
+
+rule notebook:
+    input:
+        notebook="notebooks/{notebook}.ipynb",
+        numbers="results/report/numbers.csv",
+        examples=expand(f"{RESULTS}/eval/{{model}}/examples.npz", model=MODELS),
+        histories=expand(f"{RESULTS}/models/{{model}}/history.csv", model=MODELS),
+    output:
+        executed="results/report/{notebook}.ipynb",
+        html="results/report/{notebook}.html",
+    wildcard_constraints:
+        notebook="|".join(NOTEBOOKS),
+    params:
+        scale=SCALE,
+        results=lambda w, input: str(Path(input.examples[0]).parents[2]),
+    conda:
+        "../../envs/genrecon.yaml"
+    log:
+        f"{LOGS}/notebook_{{notebook}}.log",
+    shell:
+        "genrecon --scale {params.scale} report notebook --notebook {input.notebook} --out {output.executed}"
+        " --html {output.html} -p numbers={input.numbers} -p results={params.results}"
+        " -p scale={params.scale} > {log} 2>&1"
+
+
+rule index:
+    input:
+        pages=expand("results/report/{notebook}.html", notebook=NOTEBOOKS),
+    output:
+        "results/report/index.html",
+    params:
+        scale=SCALE,
+    conda:
+        "../../envs/genrecon.yaml"
+    log:
+        f"{LOGS}/index.log",
+    shell:
+        "genrecon --scale {params.scale} report index --pages {input.pages} --out {output} > {log} 2>&1"
