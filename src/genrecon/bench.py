@@ -7,6 +7,7 @@ is present (CUDA when available). Results go to a JSON file that the report show
 from __future__ import annotations
 
 import json
+import re
 import platform
 import statistics
 import time
@@ -132,9 +133,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
     )
     for item in results:
         print(f"{item['name']:70s} {item['value']:10.2f} ± {item['std']:.2f} {item['unit']}")
-        mlflow.log_metric(
-            item["name"].replace(",", "").replace("/", "_per_").replace("+", "_"), item["value"]
-        )
+        mlflow.log_metric(re.sub(r"[^A-Za-z0-9_. -]+", "_", item["name"]), item["value"])
     payload = {
         "device": device if device == "cpu" else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(),
