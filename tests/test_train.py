@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrecon.data.pairs import Pairs
-from genrecon.evaluate import evaluate_model, sweep_num_samples, sweep_refinement
+from genrecon.evaluate import evaluate_model, sweep_refinement
 from genrecon.physics.ct import CTGeometry, apply, ray_transform
 from genrecon.train import NonFiniteError, load_checkpoint, train
 
@@ -63,17 +63,21 @@ def test_missing_checkpoint_is_named(tmp_path):
         load_checkpoint(tmp_path / "best.pt")
 
 
-def test_evaluation_and_sweeps_on_a_tiny_model(tmp_path, tiny_arch, rng):
+def test_evaluation_and_sample_sweep_on_a_tiny_model(tmp_path, tiny_arch, rng):
     data = _pairs(rng, n=4)
     train(_cfg(tiny_arch, 5), data, data, tmp_path, seed=0)
     model, _ = load_checkpoint(tmp_path / "best.pt")
-    summary = evaluate_model(model, data, num_samples=6, batch=4, seed=1, out_dir=tmp_path)
+    summary, sweep = evaluate_model(model, data, 6, 4, 1, tmp_path, [1, 3, 6, 10], (0.0, 1.0))
     assert summary["n"] == 4 and np.isfinite(summary["psnr_mean"])
-    again = evaluate_model(model, data, num_samples=6, batch=6, seed=1, out_dir=tmp_path)
+    assert {"raw_psnr_mean", "raw_ssim_mean"} <= set(summary)
+    again, _ = evaluate_model(model, data, 6, 6, 1, tmp_path, [1, 3, 6], (0.0, 1.0))
     assert again == summary  # per-image seeding: batch size does not change the numbers
-    rows = sweep_num_samples(model, data, [1, 3, 6], batch=4, seed=1)
-    assert [r["num_samples"] for r in rows] == [1, 3, 6]
-    assert rows[-1]["psnr_mean"] == pytest.approx(summary["psnr_mean"])  # same draws, k = N
+    assert [r["num_samples"] for r in sweep] == [1, 3, 6]  # 10 > num_samples is dropped
+    assert sweep[-1]["psnr_mean"] == pytest.approx(summary["psnr_mean"])  # same draws, k = N
+    unclipped, _ = evaluate_model(model, data, 6, 4, 1, tmp_path, [6], None)
+    assert unclipped["psnr_mean"] == pytest.approx(summary["raw_psnr_mean"])
+    examples = np.load(tmp_path / "examples.npz")
+    assert examples["samples"].shape == (4, 3, 16, 16) and examples["std"].shape == (4, 16, 16)
 
 
 def test_refinement_without_prior_fits_the_data(tmp_path, tiny_arch, rng):

@@ -7,8 +7,8 @@ is present (CUDA when available). Results go to a JSON file that the report show
 from __future__ import annotations
 
 import json
-import re
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -104,6 +104,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
     smoke, paper = scale_settings(params, "smoke"), scale_settings(params, "paper")
     sd, pd = smoke["datasets"]["lodopab"], paper["datasets"]["lodopab"]
     repeats = 3 if quick else 10
+    big = 2 if quick else 4  # LoDoPaB-size items take seconds each
     results = []
     results += _projector(
         f"smoke {sd['image_size']}px/{sd['num_angles']} angles",
@@ -113,7 +114,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
     results += _projector(
         f"LoDoPaB {pd['image_size']}px/{pd['num_angles']} angles",
         CTGeometry(pd["image_size"], pd["num_angles"]),
-        max(2, repeats // 3),
+        big,
     )
     results += _training(
         "smoke 64x64",
@@ -128,7 +129,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
         paper["architectures"]["lodopab_paper"],
         pd["image_size"],
         2,
-        max(2, repeats // 3),
+        big,
         device,
     )
     for item in results:

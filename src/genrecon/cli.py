@@ -100,7 +100,7 @@ def cmd_evaluate(args, params, settings) -> None:
     import mlflow
 
     from genrecon.data.pairs import load_pairs
-    from genrecon.evaluate import evaluate_model, write_json
+    from genrecon.evaluate import evaluate_model, write_json, write_rows
     from genrecon.tracking import tracked_run
     from genrecon.train import load_checkpoint
 
@@ -117,11 +117,22 @@ def cmd_evaluate(args, params, settings) -> None:
         [_manifest(root)],
         {"model": args.model},
     ) as run:
-        summary = evaluate_model(
-            model, pairs, ev["num_samples"], ev["batch_samples"], params["seed"], out
+        clip = tuple(ev["clip"]) if ev.get("clip") else None
+        summary, sweep = evaluate_model(
+            model,
+            pairs,
+            ev["num_samples"],
+            ev["batch_samples"],
+            params["seed"],
+            out,
+            settings["sweeps"]["num_samples"],
+            clip,
         )
+        rows = [{**r, "run_id": run.info.run_id, "model": args.model} for r in sweep]
+        write_rows(out / "samples_sweep.csv", rows)
         mlflow.log_metrics(summary)
-        mlflow.log_artifact(str(out / "per_image.csv"))
+        for name in ("per_image.csv", "samples_sweep.csv"):
+            mlflow.log_artifact(str(out / name))
         write_json(
             out / "summary.json",
             {
@@ -129,6 +140,7 @@ def cmd_evaluate(args, params, settings) -> None:
                 "run_id": run.info.run_id,
                 "model": args.model,
                 "num_samples": ev["num_samples"],
+                "clip": list(clip) if clip else None,
             },
         )
 
@@ -170,44 +182,33 @@ def cmd_baseline(args, params, settings) -> None:
 
 
 def cmd_sweep(args, params, settings) -> None:
+    """Sample refinement over lambda (Table 4); the sample-count sweep runs inside evaluate."""
     import mlflow
 
     from genrecon.data.pairs import load_pairs
-    from genrecon.evaluate import (
-        load_observations,
-        sweep_num_samples,
-        sweep_refinement,
-        write_rows,
-    )
+    from genrecon.evaluate import load_observations, sweep_refinement, write_rows
     from genrecon.physics.ct import CTGeometry
     from genrecon.tracking import tracked_run
     from genrecon.train import load_checkpoint
 
     _threads(settings)
     model_cfg = model_settings(settings, args.model)
-    ev, sweeps = model_cfg["evaluate"], settings["sweeps"]
+    if model_cfg["dataset"] != "lodopab":
+        raise SystemExit(f"sample refinement needs a CT model; {args.model} is not one")
+    cfg, data = settings["sweeps"]["refinement"], model_cfg["data"]
+    clip = model_cfg["evaluate"].get("clip")
     root = Path(args.data)
     model, _ = load_checkpoint(Path(args.checkpoint))
-    job_cfg = {"sweep": args.kind, "sweeps": sweeps, "model": model_cfg}
+    job_cfg = {"refinement": cfg, "clip": clip, "model": model_cfg}
     with tracked_run(
-        params,
-        f"sweep_{args.kind}",
-        job_cfg,
-        [_manifest(root)],
-        {"model": args.model, "sweep": args.kind},
+        params, "sweep_refinement", job_cfg, [_manifest(root)], {"model": args.model}
     ) as run:
-        if args.kind == "samples":
-            pairs = load_pairs(model_cfg["dataset"], root, "test", model_cfg, ev["num_images"])
-            rows = sweep_num_samples(
-                model, pairs, sweeps["num_samples"], ev["batch_samples"], params["seed"]
-            )
-        else:
-            cfg = sweeps["refinement"]
-            data = model_cfg["data"]
-            pairs = load_pairs("lodopab", root, "test", model_cfg, cfg["num_images"])
-            obs = load_observations(root, "test", cfg["num_images"])
-            geometry = CTGeometry(data["image_size"], data["num_angles"])
-            rows = sweep_refinement(model, pairs, obs, geometry, cfg, params["seed"])
+        pairs = load_pairs("lodopab", root, "test", model_cfg, cfg["num_images"])
+        obs = load_observations(root, "test", cfg["num_images"])
+        geometry = CTGeometry(data["image_size"], data["num_angles"])
+        rows = sweep_refinement(
+            model, pairs, obs, geometry, cfg, params["seed"], tuple(clip) if clip else None
+        )
         rows = [{**r, "run_id": run.info.run_id, "model": args.model} for r in rows]
         write_rows(Path(args.out), rows)
         mlflow.log_artifact(args.out)
@@ -268,10 +269,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
-    for name in ("evaluate", "sweep"):
-        s = sub.add_parser(name, help=f"{name} a trained model")
+    for name, text in (
+        ("evaluate", "conditional mean, std and sample-count sweep"),
+        ("sweep", "sample refinement over lambda (CT)"),
+    ):
+        s = sub.add_parser(name, help=text)
         if name == "sweep":
-            s.add_argument("kind", choices=["samples", "refine"])
+            s.add_argument("kind", choices=["refine"])
         s.add_argument("--model", required=True)
         s.add_argument("--checkpoint", required=True)
         s.add_argument("--data", required=True)

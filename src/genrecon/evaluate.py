@@ -41,30 +41,53 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate_model(
-    model, pairs: Pairs, num_samples: int, batch: int, seed: int, out_dir: Path, examples: int = 4
-) -> dict:
-    """Conditional mean and std from `num_samples` samples per image; PSNR/SSIM of the mean."""
+    model,
+    pairs: Pairs,
+    num_samples: int,
+    batch: int,
+    seed: int,
+    out_dir: Path,
+    counts: list[int],
+    clip: tuple[float, float] | None = None,
+    examples: int = 4,
+) -> tuple[dict, list[dict]]:
+    """Conditional mean and std from `num_samples` samples per image, and the sample-count sweep.
+
+    With `clip`, samples are clipped to the ground truth's known range before averaging (the
+    reported estimator); the mean of the raw samples is always measured too (`raw_*`), so the
+    effect of outlier samples stays visible. The sweep (PSNR/SSIM against the number of samples
+    k, seed 001 Fig. 4) averages the first k of the same draws, so it shows the effect of k alone.
+    """
     out_dir = Path(out_dir)
     rows, saved = [], {"truth": [], "inversion": [], "mean": [], "std": [], "samples": []}
+    per_k: dict[int, list[dict]] = {k: [] for k in counts if k <= num_samples}
     for i in tqdm(range(len(pairs)), desc="conditional mean"):
+        truth = pairs.truth[i][None]
         samples = draw_samples(
             model, pairs.inversion[i], num_samples, batch, image_generator(seed, i)
         )
-        mean, std = mean_and_std(samples)
+        estimate = samples.clamp(*clip) if clip else samples
+        mean, std = mean_and_std(estimate)
+        raw = metrics.per_image(samples.mean(0).numpy()[None], truth)[0]
         rows.append(
             {
                 "index": i,
-                **metrics.per_image(mean[None], pairs.truth[i][None])[0],
+                **metrics.per_image(mean[None], truth)[0],
+                "raw_psnr": raw["psnr"],
+                "raw_ssim": raw["ssim"],
                 "mean_std": float(std.mean()),
             }
         )
+        for k, mean_k in running_means(estimate, list(per_k)).items():
+            per_k[k].append(metrics.per_image(mean_k[None], truth)[0])
         if i < examples:
-            values = (pairs.truth[i], pairs.inversion[i], mean, std, samples[:3].numpy())
+            values = (pairs.truth[i], pairs.inversion[i], mean, std, estimate[:3].numpy())
             for key, value in zip(saved, values, strict=True):
                 saved[key].append(value)
     write_rows(out_dir / "per_image.csv", rows)
     np.savez_compressed(out_dir / "examples.npz", **{k: np.stack(v) for k, v in saved.items()})
-    return summarise(rows)
+    sweep = [{"num_samples": k, **summarise(r)} for k, r in per_k.items()]
+    return summarise(rows, ("psnr", "ssim", "raw_psnr", "raw_ssim")), sweep
 
 
 def evaluate_baselines(pairs: Pairs, methods: dict[str, np.ndarray], out_dir: Path) -> dict:
@@ -81,26 +104,20 @@ def evaluate_baselines(pairs: Pairs, methods: dict[str, np.ndarray], out_dir: Pa
     return summary
 
 
-def sweep_num_samples(model, pairs: Pairs, counts: list[int], batch: int, seed: int) -> list[dict]:
-    """PSNR/SSIM of the conditional mean against the number of samples (seed 001 Fig. 4).
-
-    One set of max(counts) draws per image; the mean over the first k gives each point, so the
-    curve shows the effect of k alone.
-    """
-    per_k: dict[int, list[dict]] = {k: [] for k in counts}
-    for i in tqdm(range(len(pairs)), desc="samples sweep"):
-        samples = draw_samples(
-            model, pairs.inversion[i], max(counts), batch, image_generator(seed, i)
-        )
-        for k, mean in running_means(samples, counts).items():
-            per_k[k].append(metrics.per_image(mean[None], pairs.truth[i][None])[0])
-    return [{"num_samples": k, **summarise(rows)} for k, rows in per_k.items()]
-
-
 def sweep_refinement(
-    model, pairs: Pairs, observations: np.ndarray, geometry: CTGeometry, cfg: dict, seed: int
+    model,
+    pairs: Pairs,
+    observations: np.ndarray,
+    geometry: CTGeometry,
+    cfg: dict,
+    seed: int,
+    clip: tuple[float, float] | None = None,
 ) -> list[dict]:
-    """Sample refinement (Eq. 22) over lambda, from one posterior sample per image (Table 4)."""
+    """Sample refinement (Eq. 22) over lambda, from one posterior sample per image (Table 4).
+
+    The start is one posterior sample per image, seeded per image and clipped like the
+    evaluation's samples when `clip` is set.
+    """
     n = min(cfg["num_images"], len(pairs))
     start = torch.stack(
         [
@@ -108,6 +125,8 @@ def sweep_refinement(
             for i in range(n)
         ]
     )
+    if clip:
+        start = start.clamp(*clip)
     model = model.cpu()  # the ODL/astra bridge works on CPU tensors
     op = torch_ray_transform(geometry)
     obs = torch.from_numpy(observations[:n])

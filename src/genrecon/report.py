@@ -46,6 +46,18 @@ def model_label(cfg: dict) -> str:
     return f"cINN multiscale, {cfg['base']} base, {noise}"
 
 
+def estimators(summary: dict) -> list[tuple[str, str]]:
+    """(column prefix, description) of the conditional-mean estimators an evaluation measured."""
+    n = summary["num_samples"]
+    if not summary.get("clip"):
+        return [("", f"mean of {n} samples")]
+    lo, hi = summary["clip"]
+    return [
+        ("", f"mean of {n} samples clipped to [{lo:g}, {hi:g}]"),
+        ("raw_", f"mean of {n} unclipped samples"),
+    ]
+
+
 def _dig(tree: dict, dotted: str):
     for key in dotted.split("."):
         tree = tree[key]
@@ -99,17 +111,18 @@ def build_numbers(
             label = f"{model_label(cfg)} [ours, {dataset_label(settings, scale, dataset, steps)}]"
             summary_path = results / "eval" / name / "summary.json"
             summary = _read_json(summary_path)
-            for metric in ("psnr", "ssim"):
-                ours(
-                    tables[dataset],
-                    label,
-                    metric,
-                    summary[f"{metric}_mean"],
-                    summary[f"{metric}_std"],
-                    summary["n"],
-                    summary_path,
-                    summary["run_id"],
-                )
+            for prefix, estimator in estimators(summary):
+                for metric in ("psnr", "ssim"):
+                    ours(
+                        tables[dataset],
+                        label.replace(" [ours", f", {estimator} [ours"),
+                        metric,
+                        summary[f"{prefix}{metric}_mean"],
+                        summary[f"{prefix}{metric}_std"],
+                        summary["n"],
+                        summary_path,
+                        summary["run_id"],
+                    )
             key = f"{tables[dataset]}.{cfg['paper']}"
             for metric in ("psnr", "ssim"):
                 theirs(
@@ -141,7 +154,7 @@ def build_numbers(
                 train_path,
                 trained["run_id"],
             )
-            sweep_path = results / "sweeps" / f"samples_{name}.csv"
+            sweep_path = results / "eval" / name / "samples_sweep.csv"
             for row in _read_csv(sweep_path):
                 for metric in ("psnr", "ssim"):
                     ours(

@@ -46,8 +46,9 @@ rule download_mnist:
 
 
 rule prepare_lodopab:
+    priority: 3
     input:
-        tracking="results/.tracking_ready",
+        tracking=ancient("results/.tracking_ready"),
         download=(["data/lodopab/paper/zenodo_record.json"] if S["datasets"]["lodopab"]["source"] == "zenodo" else []),
     output:
         manifest=manifest("lodopab"),
@@ -71,7 +72,7 @@ rule prepare_lodopab:
 
 rule prepare_mnist:
     input:
-        tracking="results/.tracking_ready",
+        tracking=ancient("results/.tracking_ready"),
         raw=(
             expand("data/mnist/raw/{name}", name=MNIST_FILES)
             if S["datasets"]["mnist"]["source"] == "download"

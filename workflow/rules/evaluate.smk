@@ -6,9 +6,11 @@ rule evaluate:
         summary=f"{RESULTS}/eval/{{model}}/summary.json",
         per_image=f"{RESULTS}/eval/{{model}}/per_image.csv",
         examples=f"{RESULTS}/eval/{{model}}/examples.npz",
+        samples_sweep=f"{RESULTS}/eval/{{model}}/samples_sweep.csv",
     params:
         scale=SCALE,
         cfg=lambda w: S["evaluate"][model_dataset(w)],
+        counts=S["sweeps"]["num_samples"],
         data=lambda w, input: os.path.dirname(input.manifest),
         out=lambda w, output: os.path.dirname(output.summary),
     threads: S["threads"]

@@ -3,7 +3,7 @@ NOTEBOOKS = ["lodopab", "mnist", "provenance"]
 
 rule benchmarks:
     input:
-        tracking="results/.tracking_ready",
+        tracking=ancient("results/.tracking_ready"),
     output:
         "results/benchmarks.json",
     threads: workflow.cores
@@ -25,7 +25,7 @@ rule numbers:
         evals=expand(f"{RESULTS}/eval/{{model}}/summary.json", model=MODELS),
         trains=expand(f"{RESULTS}/models/{{model}}/train.json", model=MODELS),
         baselines=expand(f"{RESULTS}/eval/baseline_{{dataset}}/summary.json", dataset=DATASETS),
-        samples=expand(f"{RESULTS}/sweeps/samples_{{model}}.csv", model=MODELS),
+        samples=expand(f"{RESULTS}/eval/{{model}}/samples_sweep.csv", model=MODELS),
         refine=expand(f"{RESULTS}/sweeps/refine_{{model}}.csv", model=LODOPAB_MODELS),
         bench="results/benchmarks.json",
         paper="reference/paper_results.yaml",

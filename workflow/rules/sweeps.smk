@@ -1,27 +1,3 @@
-rule sweep_samples:
-    input:
-        checkpoint=rules.train.output.checkpoint,
-        manifest=model_manifest,
-    output:
-        f"{RESULTS}/sweeps/samples_{{model}}.csv",
-    params:
-        scale=SCALE,
-        counts=S["sweeps"]["num_samples"],
-        data=lambda w, input: os.path.dirname(input.manifest),
-    threads: S["threads"]
-    conda:
-        "../../envs/genrecon.yaml"
-    log:
-        f"{LOGS}/sweep_samples_{{model}}.log",
-    resources:
-        mem_mb=resource("sweep", "mem_mb"),
-        runtime=resource("sweep", "runtime"),
-        gpu=resource("sweep", "gpu"),
-    shell:
-        "GENRECON_THREADS={threads} genrecon --scale {params.scale} sweep samples --model {wildcards.model}"
-        " --checkpoint {input.checkpoint} --data {params.data} --out {output} > {log} 2>&1"
-
-
 rule sweep_refinement:
     input:
         checkpoint=rules.train.output.checkpoint,

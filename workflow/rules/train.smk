@@ -11,6 +11,7 @@ rule train:
         data=lambda w, input: os.path.dirname(input.manifest),
         out=lambda w, output: os.path.dirname(output.checkpoint),
     threads: S["threads"]
+    priority: 2  # training is the critical path: start it as soon as its data exists
     conda:
         "../../envs/genrecon.yaml"
     log:
