@@ -48,6 +48,15 @@ def test_cinn_logdet_matches_autograd(tiny_arch):
     assert logdet.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_model_is_rebuilt_identically(tiny_arch):
+    """Checkpoints load into a fresh build: same parameter names, same fixed permutations."""
+    a = build_model(tiny_arch, 16, "normal", 3).state_dict()
+    b = build_model(tiny_arch, 16, "normal", 3).state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
 def test_sampling_is_seeded_and_shaped(tiny_arch):
     model = build_model(tiny_arch, 14, "radial", 0).eval()
     c = torch.rand(14, 14)

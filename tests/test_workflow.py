@@ -128,9 +128,10 @@ def test_tiny_end_to_end_run(tmp_path):
 
     report = project / "results" / "report"
     assert "numbers.csv" in (report / "index.html").read_text()
-    for page in ("lodopab", "mnist", "provenance"):
+    for page, figures in (("lodopab", 5), ("mnist", 3), ("provenance", 0)):
         html = (report / f"{page}.html").read_text()
-        assert "Traceback" not in html and "<img" in html or page == "provenance"
+        assert "Traceback" not in html
+        assert html.count("<img") == figures, page
     rows = list(csv.DictReader(open(report / "numbers.csv")))
     tables = {r["table"] for r in rows}
     assert {
@@ -161,6 +162,18 @@ def test_tiny_end_to_end_run(tmp_path):
         [client.get_experiment_by_name("genrecon").experiment_id], "tags.job = 'train'"
     )
     assert len(train_runs) == 4 and all(r.data.tags["data_hash"] != "none" for r in train_runs)
+    assert {r.data.tags["rule"] for r in train_runs} == {"train"}
+
+    audit = subprocess.run(
+        [str(BIN / "genrecon"), "provenance", "--numbers", "results/report/numbers.csv"],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert audit.count("git_commit") == len({r["run_id"] for r in rows})
+    assert f"git_commit      {head}" in audit
 
     again = snakemake("--cores", "2", "-n", cwd=project)
     assert "Nothing to be done" in again.stdout + again.stderr

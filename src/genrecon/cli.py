@@ -218,7 +218,7 @@ def cmd_bench(args, params, settings) -> None:
     from genrecon.bench import run_benchmarks
     from genrecon.tracking import tracked_run
 
-    with tracked_run(params, "bench", {"quick": args.quick}) as run:
+    with tracked_run(params, "benchmarks", {"quick": args.quick}) as run:
         run_benchmarks(params, Path(args.out), run.info.run_id, quick=args.quick)
 
 

@@ -76,7 +76,7 @@ def build_numbers(
     settings = scale_settings(params, scale)
     paper = yaml.safe_load(paper_file.read_text())
     rows: list[dict] = []
-    with tracked_run(params, "report_numbers", {"results": str(results)}) as run:
+    with tracked_run(params, "numbers", {"results": str(results)}) as run:
         numbers_run = run.info.run_id
 
         def ours(table, method, metric, value, std, n, source, run_id):
@@ -266,7 +266,7 @@ def run_notebook(params: dict, notebook: Path, out: Path, html_out: Path, parame
     out.parent.mkdir(parents=True, exist_ok=True)
     with tracked_run(
         params,
-        f"notebook_{notebook.stem}",
+        "notebook",
         {"notebook": str(notebook), **parameters},
         wildcards={"notebook": notebook.stem},
     ) as run:

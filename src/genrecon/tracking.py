@@ -103,7 +103,7 @@ def tracked_run(
         "data_dvc_md5": dvc_pinned_hash(),
         "data_hash": ",".join(manifest_hash(m) for m in manifests) or "none",
         "data_manifests": ",".join(str(m) for m in manifests),
-        "rule": os.environ.get("GENRECON_RULE", job),
+        "rule": job,  # every job is named after the Snakemake rule that runs it
         "wildcards": json.dumps(wildcards or {}),
         "scale": params.get("scale", "smoke"),
         "job": job,

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -17,9 +18,20 @@ if _overridden:
         f"--config may only set `scale`; edit params.yaml for {', '.join(_overridden)}"
     )
 
+# Jobs call the `genrecon` CLI installed beside the Python running Snakemake (e.g. .venv/bin),
+# so `.venv/bin/snakemake` works without activating the environment first.
+envvars:
+    "PATH",
+
+
+os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH")]))
+
 SCALE = config["scale"]
 S = config[SCALE]
 RESULTS = f"results/{SCALE}"
+# The default scale's report is results/report; another scale's sits in its own results folder,
+# so a smoke run and a paper run on one machine never overwrite each other's report.
+REPORT = "results/report" if SCALE == "smoke" else f"{RESULTS}/report"
 LOGS = f"results/logs/{SCALE}"
 
 MODELS = list(S["models"])

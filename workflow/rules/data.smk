@@ -1,14 +1,12 @@
 rule tracking_store:
     output:
         touch("results/.tracking_ready"),
-    params:
-        scale=SCALE,
     conda:
         "../../envs/genrecon.yaml"
     log:
         f"{LOGS}/tracking_store.log",
     shell:
-        "genrecon --scale {params.scale} init-tracking > {log} 2>&1"
+        "genrecon init-tracking > {log} 2>&1"
 
 
 rule download_lodopab:

@@ -7,8 +7,6 @@ rule benchmarks:
     output:
         "results/benchmarks.json",
     threads: workflow.cores
-    params:
-        scale=SCALE,
     conda:
         "../../envs/genrecon.yaml"
     log:
@@ -17,7 +15,7 @@ rule benchmarks:
         mem_mb=resource("default", "mem_mb"),
         runtime=resource("default", "runtime"),
     shell:
-        "GENRECON_THREADS={threads} genrecon --scale {params.scale} bench --quick --out {output} > {log} 2>&1"
+        "GENRECON_THREADS={threads} genrecon bench --quick --out {output} > {log} 2>&1"
 
 
 rule numbers:
@@ -30,7 +28,7 @@ rule numbers:
         bench="results/benchmarks.json",
         paper="reference/paper_results.yaml",
     output:
-        "results/report/numbers.csv",
+        f"{REPORT}/numbers.csv",
     params:
         scale=SCALE,
         results=lambda w, input: str(Path(input.trains[0]).parents[2]),
@@ -46,12 +44,12 @@ rule numbers:
 rule notebook:
     input:
         notebook="notebooks/{notebook}.ipynb",
-        numbers="results/report/numbers.csv",
+        numbers=f"{REPORT}/numbers.csv",
         examples=expand(f"{RESULTS}/eval/{{model}}/examples.npz", model=MODELS),
         histories=expand(f"{RESULTS}/models/{{model}}/history.csv", model=MODELS),
     output:
-        executed="results/report/{notebook}.ipynb",
-        html="results/report/{notebook}.html",
+        executed=f"{REPORT}/{{notebook}}.ipynb",
+        html=f"{REPORT}/{{notebook}}.html",
     wildcard_constraints:
         notebook="|".join(NOTEBOOKS),
     params:
@@ -69,9 +67,9 @@ rule notebook:
 
 rule index:
     input:
-        pages=expand("results/report/{notebook}.html", notebook=NOTEBOOKS),
+        pages=expand(f"{REPORT}/{{notebook}}.html", notebook=NOTEBOOKS),
     output:
-        "results/report/index.html",
+        f"{REPORT}/index.html",
     params:
         scale=SCALE,
     conda:
