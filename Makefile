@@ -12,7 +12,6 @@ venv: $(STAMP)
 
 $(STAMP): envs/requirements.txt pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, alone: on CPU machines the local CPU wheel, on clusters the CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r envs/requirements.txt

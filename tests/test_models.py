@@ -21,10 +21,11 @@ def _perturbed(model):
     return model.eval()
 
 
+@pytest.mark.parametrize("downsampling", ["haar", "irevnet"])
 @pytest.mark.parametrize("size", [16, 14])  # 14 is padded to 16
-def test_cinn_roundtrip(tiny_arch, size):
+def test_cinn_roundtrip(tiny_arch, size, downsampling):
     torch.manual_seed(0)
-    model = _perturbed(build_model(tiny_arch, size, "normal", 0))
+    model = _perturbed(build_model({**tiny_arch, "downsampling": downsampling}, size, "normal", 0))
     x, c = torch.rand(3, size, size), torch.rand(3, size, size)
     z, _ = model.encode(x, c)
     cond = model.cond_net(model.pad(c))
