@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrecon.data.pairs import Pairs
-from genrecon.evaluate import evaluate_model, sweep_refinement
+from genrecon.evaluate import evaluate_baselines, evaluate_model, sweep_refinement
 from genrecon.physics.ct import CTGeometry, apply, ray_transform
 from genrecon.train import NonFiniteError, load_checkpoint, train
 
@@ -93,3 +93,12 @@ def test_refinement_without_prior_fits_the_data(tmp_path, tiny_arch, rng):
     )[0]
     assert after["psnr_mean"] > before["psnr_mean"]
     assert torch.is_grad_enabled()
+
+
+def test_baselines_are_scored_per_method(tmp_path, rng):
+    truth = rng.random((3, 8, 8)).astype(np.float32)
+    methods = {"close": truth + 0.01, "far": truth + 0.1}
+    summary = evaluate_baselines(truth, methods, tmp_path)
+    assert summary["close"]["n"] == 3
+    assert summary["close"]["psnr_mean"] == pytest.approx(summary["far"]["psnr_mean"] + 20)
+    assert len((tmp_path / "per_image.csv").read_text().splitlines()) == 7

@@ -149,22 +149,20 @@ def cmd_baseline(args, params, settings) -> None:
     import h5py
     import mlflow
 
-    from genrecon.data.pairs import Pairs, load_pairs
+    from genrecon.data import mnist
+    from genrecon.data.pairs import load_pairs
     from genrecon.evaluate import evaluate_baselines, write_json
     from genrecon.tracking import tracked_run
 
     root, out = Path(args.data), Path(args.out)
-    ev = settings["evaluate"][args.dataset]
+    n = settings["evaluate"][args.dataset]["num_images"]
     if args.dataset == "lodopab":
-        pairs = load_pairs("lodopab", root, "test", {}, ev["num_images"])
-        methods = {"fbp": pairs.inversion}
+        pairs = load_pairs("lodopab", root, "test", {}, n)
+        truth, methods = pairs.truth, {"fbp": pairs.inversion}
     else:
-        pairs = Pairs(
-            load_pairs("mnist", root, "test", {"conditioning": "pinv"}, ev["num_images"]).truth,
-            None,
-        )
+        truth = mnist.load_images(root, "test")[:n]
         with h5py.File(root / "cs.hdf5", "r") as f:
-            methods = {k: f[f"test/{k}"][: len(pairs)] for k in ("pinv", "tikhonov")}
+            methods = {k: f[f"test/{k}"][: len(truth)] for k in ("pinv", "tikhonov")}
     with tracked_run(
         params,
         "baseline",
@@ -172,7 +170,7 @@ def cmd_baseline(args, params, settings) -> None:
         [_manifest(root)],
         {"dataset": args.dataset},
     ) as run:
-        summary = evaluate_baselines(pairs, methods, out)
+        summary = evaluate_baselines(truth, methods, out)
         for method, stats in summary.items():
             mlflow.log_metrics({f"{method}_{k}": v for k, v in stats.items()})
         write_json(

@@ -90,13 +90,13 @@ def evaluate_model(
     return summarise(rows, ("psnr", "ssim", "raw_psnr", "raw_ssim")), sweep
 
 
-def evaluate_baselines(pairs: Pairs, methods: dict[str, np.ndarray], out_dir: Path) -> dict:
+def evaluate_baselines(truth: np.ndarray, methods: dict[str, np.ndarray], out_dir: Path) -> dict:
     """PSNR/SSIM of classical reconstructions (FBP; pseudo-inverse; Tikhonov) on the same images."""
     rows, summary = [], {}
     for method, recos in methods.items():
         method_rows = [
             {"method": method, "index": i, **m}
-            for i, m in enumerate(metrics.per_image(recos[: len(pairs)], pairs.truth))
+            for i, m in enumerate(metrics.per_image(recos[: len(truth)], truth))
         ]
         rows += method_rows
         summary[method] = summarise(method_rows)
