@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -102,7 +103,8 @@ def _tiny(params: dict) -> dict:
     return params
 
 
-def test_tiny_end_to_end_run(tmp_path):
+def tiny_project(tmp_path: Path) -> Path:
+    """A committed copy of the project with a tiny params.yaml (every rule, seconds each)."""
     project = tmp_path / "genrecon"
     ignore = shutil.ignore_patterns(
         ".venv",
@@ -123,7 +125,11 @@ def test_tiny_end_to_end_run(tmp_path):
         ["-c", "user.email=ci@genrecon", "-c", "user.name=ci", "commit", "-qm", "tiny"],
     ):
         subprocess.run(["git", *cmd], cwd=project, check=True)
+    return project
 
+
+def test_tiny_end_to_end_run(tmp_path):
+    project = tiny_project(tmp_path)
     snakemake("--cores", "2", cwd=project)
 
     report = project / "results" / "report"
@@ -181,3 +187,35 @@ def test_tiny_end_to_end_run(tmp_path):
         ["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True
     ).stdout
     assert status == ""
+
+
+@pytest.mark.slow
+def test_tiny_run_through_the_slurm_profile(tmp_path):
+    """profiles/slurm against a single-node SLURM on this machine (needs root; installs slurm)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("needs root and apt-get to start a local SLURM")
+    start = subprocess.run(
+        ["bash", str(ROOT / "tests" / "slurm" / "start-slurm.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if start.returncode != 0:
+        pytest.skip(f"local SLURM did not start: {start.stderr[-500:]}")
+    project = tiny_project(tmp_path)
+    snakemake(
+        "--profile",
+        "profiles/slurm",
+        "--default-resources",
+        "slurm_partition=debug",
+        "mem_mb=1000",
+        "runtime=10",
+        "cpus_per_task=1",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        cwd=project,
+    )
+    assert (project / "results" / "report" / "index.html").exists()
+    log = next((project / ".snakemake" / "log").glob("*.snakemake.log")).read_text()
+    submitted = log.count("submitted with SLURM jobid")
+    assert submitted > 0 and submitted == log.count("Finished jobid") - 1  # all but `all`
