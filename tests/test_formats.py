@@ -99,3 +99,13 @@ def test_mnist_split_too_large_is_reported():
 def test_unknown_source_is_named(tmp_path):
     with pytest.raises(ValueError, match="datasets.mnist.source"):
         mnist.prepare(Path("."), tmp_path, "zenodo", {"train": 1, "validation": 1, "test": 1}, 0)
+
+
+def test_lazy_split_reads_like_the_array(tmp_path, rng):
+    truth = rng.random((10, 4, 4)).astype(np.float32)
+    lodopab.write_split(tmp_path, "ground_truth", "train", truth, slices_per_file=3)
+    lazy = lodopab.LazySplit(tmp_path, "ground_truth", "train")
+    assert len(lazy) == 10 and lazy.shape == (10, 4, 4)
+    index = np.array([9, 0, 3, 3, 7])  # unsorted, repeated, across files
+    np.testing.assert_array_equal(lazy[index], truth[index])
+    np.testing.assert_array_equal(lazy[2:8], truth[2:8])

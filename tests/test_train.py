@@ -102,3 +102,26 @@ def test_baselines_are_scored_per_method(tmp_path, rng):
     assert summary["close"]["n"] == 3
     assert summary["close"]["psnr_mean"] == pytest.approx(summary["far"]["psnr_mean"] + 20)
     assert len((tmp_path / "per_image.csv").read_text().splitlines()) == 7
+
+
+def test_lazy_and_in_memory_training_agree(tmp_path, tiny_arch, tiny_lodopab_cfg):
+    from genrecon.data.pairs import load_pairs, load_pairs_lazy
+    from genrecon.data.prepare import prepare_lodopab
+
+    prepare_lodopab(tmp_path / "data", tiny_lodopab_cfg, seed=0)
+    val = load_pairs("lodopab", tmp_path / "data", "validation", {})
+    eager = train(
+        _cfg(tiny_arch, 6),
+        load_pairs("lodopab", tmp_path / "data", "train", {}),
+        val,
+        tmp_path / "eager",
+        seed=0,
+    )
+    lazy = train(
+        _cfg(tiny_arch, 6),
+        load_pairs_lazy(tmp_path / "data", "train"),
+        val,
+        tmp_path / "lazy",
+        seed=0,
+    )
+    assert lazy == eager

@@ -70,7 +70,7 @@ def cmd_prepare(args, params, settings) -> None:
 def cmd_train(args, params, settings) -> None:
     import mlflow
 
-    from genrecon.data.pairs import load_pairs
+    from genrecon.data.pairs import load_pairs, load_pairs_lazy
     from genrecon.evaluate import write_json
     from genrecon.tracking import tracked_run
     from genrecon.train import train
@@ -78,7 +78,10 @@ def cmd_train(args, params, settings) -> None:
     _threads(settings)
     model_cfg = model_settings(settings, args.model)
     root = Path(args.data)
-    train_pairs = load_pairs(model_cfg["dataset"], root, "train", model_cfg)
+    if model_cfg["data"].get("source") == "zenodo":  # real LoDoPaB: too large for memory
+        train_pairs = load_pairs_lazy(root, "train")
+    else:
+        train_pairs = load_pairs(model_cfg["dataset"], root, "train", model_cfg)
     val_pairs = load_pairs(model_cfg["dataset"], root, "validation", model_cfg)
     out = Path(args.out)
     with tracked_run(params, "train", model_cfg, [_manifest(root)], {"model": args.model}) as run:

@@ -30,6 +30,17 @@ def config_fingerprint(model_cfg: dict) -> str:
     return hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _batch(pairs: Pairs, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and conditions at `idx`, from memory or read on demand (LazySplit, h5py)."""
+    if isinstance(pairs.truth, np.ndarray) and isinstance(pairs.inversion, np.ndarray):
+        return torch.from_numpy(pairs.truth[idx]), torch.from_numpy(pairs.inversion[idx])
+    unique, inverse = np.unique(idx, return_inverse=True)  # h5py reads sorted, unique indices
+    return (
+        torch.from_numpy(pairs.truth[unique][inverse]),
+        torch.from_numpy(pairs.inversion[unique][inverse]),
+    )
+
+
 def _check_finite(step: int, **tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
@@ -102,8 +113,6 @@ def train(
             generator.set_state(state["generator"])
             step, best, history = state["step"], state["best"], state["history"]
             print(f"resuming {out_dir} from step {step}")
-    truth = torch.from_numpy(train_pairs.truth)
-    inversion = torch.from_numpy(train_pairs.inversion)
     meta = {
         "architecture": model_cfg["architecture"],
         "image_size": image_size,
@@ -115,11 +124,11 @@ def train(
     running = []
     with tqdm(total=cfg["steps"], initial=step, desc=f"train {model_cfg['name']}") as bar:
         while step < cfg["steps"]:
-            idx = torch.randint(len(truth), (cfg["batch_size"],), generator=generator)
-            x = truth[idx]
+            idx = torch.randint(len(train_pairs), (cfg["batch_size"],), generator=generator)
+            x, c = _batch(train_pairs, idx.numpy())
             if model_cfg.get("train_noise", 0.0) > 0:
                 x = x + model_cfg["train_noise"] * torch.randn(x.shape, generator=generator)
-            loss = model.nll_per_dim(x.to(device), inversion[idx].to(device)).mean()
+            loss = model.nll_per_dim(x.to(device), c.to(device)).mean()
             _check_finite(step, loss=loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

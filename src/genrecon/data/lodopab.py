@@ -52,6 +52,36 @@ def split_files(root: Path, kind: str, split: str) -> list[Path]:
     return files
 
 
+class LazySplit:
+    """One split of one kind as a read-on-demand stack over its HDF5 files.
+
+    Paper-scale training cannot hold LoDoPaB in memory (train ground truth alone is 18.8 GB):
+    `stack[indices]` reads just those slices. Supports integer arrays and slices.
+    """
+
+    def __init__(self, root: Path, kind: str, split: str):
+        self.files = [h5py.File(path, "r") for path in split_files(root, kind, split)]
+        sizes = [f["data"].shape[0] for f in self.files]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.shape = (int(self.offsets[-1]), *self.files[0]["data"].shape[1:])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        index = np.asarray(index)
+        unique, inverse = np.unique(index, return_inverse=True)  # h5py wants sorted, unique
+        out = np.empty((len(unique), *self.shape[1:]), dtype=np.float32)
+        which = np.searchsorted(self.offsets, unique, side="right") - 1
+        for file_index in np.unique(which):
+            mask = which == file_index
+            out[mask] = self.files[file_index]["data"][unique[mask] - self.offsets[file_index]]
+        return out[inverse]
+
+
 def read_split(root: Path, kind: str, split: str, limit: int | None = None) -> np.ndarray:
     """Read one split of one kind as a float32 array (n, ...); `limit` reads only the first n."""
     parts, count = [], 0

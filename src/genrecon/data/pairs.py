@@ -15,11 +15,18 @@ from genrecon.data import lodopab, mnist
 class Pairs:
     """Images x and conditioning inputs (inversion-layer outputs) of one split, float32."""
 
-    truth: np.ndarray
+    truth: np.ndarray  # or any array-like indexed by integer arrays and slices (LazySplit)
     inversion: np.ndarray
 
     def __len__(self) -> int:
         return len(self.truth)
+
+
+def load_pairs_lazy(data_root: Path, split: str) -> Pairs:
+    """LoDoPaB pairs read on demand (paper scale): ground truth files and the FBP stack."""
+    data_root = Path(data_root)
+    fbp = h5py.File(data_root / "fbp.hdf5", "r")[split]
+    return Pairs(lodopab.LazySplit(data_root, "ground_truth", split), fbp)
 
 
 def load_pairs(
