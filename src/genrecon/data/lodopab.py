@@ -120,14 +120,22 @@ def compute_fbp(root: Path, out: Path, cfg: dict) -> None:
     """FBP of every observation, once: the conditioning input never changes during training."""
     geometry = CTGeometry(cfg["image_size"], cfg["num_angles"])
     op = fbp_operator(geometry, cfg["fbp"]["filter"], cfg["fbp"]["frequency_scaling"])
+    size = cfg["image_size"]
     with h5py.File(out, "w") as f:
         for split in SPLITS:
             files = split_files(root, "observation", split)
-            recos = []
+            total = 0
+            for path in files:
+                with h5py.File(path, "r") as g:
+                    total += g["data"].shape[0]
+            # written file by file: LoDoPaB's train split alone is 18.8 GB of FBPs
+            out_split = f.create_dataset(split, (total, size, size), np.float32, track_times=False)
+            start = 0
             for path in tqdm(files, desc=f"FBP {split}"):
                 with h5py.File(path, "r") as g:
-                    recos.append(fbp(g["data"][:], op))
-            f.create_dataset(split, data=np.concatenate(recos), track_times=False)
+                    reco = fbp(g["data"][:], op)
+                out_split[start : start + len(reco)] = reco
+                start += len(reco)
 
 
 def download_zenodo(root: Path, record: int, api: str = ZENODO_API) -> None:
