@@ -169,6 +169,8 @@ def test_tiny_end_to_end_run(tmp_path):
     )
     assert len(train_runs) == 4 and all(r.data.tags["data_hash"] != "none" for r in train_runs)
     assert {r.data.tags["rule"] for r in train_runs} == {"train"}
+    logged = {a.path for a in client.list_artifacts(train_runs[0].info.run_id)}
+    assert {"best.pt", "history.csv", "train.json"} <= logged
 
     audit = subprocess.run(
         [str(BIN / "genrecon"), "provenance", "--numbers", "results/report/numbers.csv"],

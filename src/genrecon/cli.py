@@ -97,6 +97,7 @@ def cmd_train(args, params, settings) -> None:
         mlflow.log_artifact(str(out / "history.csv"))
         mlflow.log_artifact(str(out / "best.pt"))
         write_json(out / "train.json", {**summary, "run_id": run.info.run_id, "model": args.model})
+        mlflow.log_artifact(str(out / "train.json"))
 
 
 def cmd_evaluate(args, params, settings) -> None:
@@ -134,8 +135,6 @@ def cmd_evaluate(args, params, settings) -> None:
         rows = [{**r, "run_id": run.info.run_id, "model": args.model} for r in sweep]
         write_rows(out / "samples_sweep.csv", rows)
         mlflow.log_metrics(summary)
-        for name in ("per_image.csv", "samples_sweep.csv"):
-            mlflow.log_artifact(str(out / name))
         write_json(
             out / "summary.json",
             {
@@ -146,6 +145,8 @@ def cmd_evaluate(args, params, settings) -> None:
                 "clip": list(clip) if clip else None,
             },
         )
+        for name in ("summary.json", "per_image.csv", "samples_sweep.csv", "examples.npz"):
+            mlflow.log_artifact(str(out / name))
 
 
 def cmd_baseline(args, params, settings) -> None:
@@ -180,6 +181,8 @@ def cmd_baseline(args, params, settings) -> None:
             out / "summary.json",
             {"methods": summary, "run_id": run.info.run_id, "dataset": args.dataset},
         )
+        for name in ("summary.json", "per_image.csv"):
+            mlflow.log_artifact(str(out / name))
 
 
 def cmd_sweep(args, params, settings) -> None:
