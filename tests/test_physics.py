@@ -71,7 +71,7 @@ def test_cs_pseudo_inverse_and_tikhonov(rng):
     pinv = cs.inversion("pinv")
     np.testing.assert_allclose(cs.matrix @ pinv @ cs.matrix, cs.matrix, atol=1e-10)
     y = rng.normal(size=(2, 20))
-    x = cs.invert(y, "tikhonov", 0.02).reshape(2, -1)
+    x = y @ cs.inversion("tikhonov", 0.02).T
     grad = gradient_matrix(6)
     normal = cs.matrix.T @ cs.matrix + 0.02 * grad.T @ grad
     np.testing.assert_allclose(x @ normal.T, y @ cs.matrix, atol=1e-9)

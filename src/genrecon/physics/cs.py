@@ -40,9 +40,6 @@ class GaussianCS:
     def forward(self, images: np.ndarray) -> np.ndarray:
         return images.reshape(len(images), -1) @ self.matrix.T
 
-    def adjoint(self, measurements: np.ndarray) -> np.ndarray:
-        return (measurements @ self.matrix).reshape(-1, self.image_size, self.image_size)
-
     def measure(self, images: np.ndarray, noise_rel: float, rng: np.random.Generator) -> np.ndarray:
         """Noisy measurements, relative noise per image: ||e|| = noise_rel * ||A x||."""
         clean = self.forward(images)
@@ -63,7 +60,3 @@ class GaussianCS:
             normal = self.matrix.T @ self.matrix + lam * grad.T @ grad
             return np.linalg.solve(normal, self.matrix.T)
         raise ValueError(f"unknown CS inversion {kind!r}: expected 'pinv' or 'tikhonov'")
-
-    def invert(self, measurements: np.ndarray, kind: str, lam: float = 0.02) -> np.ndarray:
-        inv = self.inversion(kind, lam)
-        return (measurements @ inv.T).reshape(-1, self.image_size, self.image_size)

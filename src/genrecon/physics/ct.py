@@ -35,16 +35,13 @@ def astra_impl() -> str:
 
 @dataclass(frozen=True)
 class CTGeometry:
-    """Image size and number of angles; detector size follows LoDoPaB's rule when not given."""
+    """Image size and number of angles; the detector size follows LoDoPaB's rule."""
 
     image_size: int
     num_angles: int
-    det_pixels: int | None = None
 
     @property
     def detector_pixels(self) -> int:
-        if self.det_pixels is not None:
-            return self.det_pixels
         if self.image_size == 362:
             return LODOPAB_DET_PIXELS
         # LoDoPaB: 513 detector pixels for 362 image pixels (the image diagonal, odd count).
