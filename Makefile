@@ -10,11 +10,13 @@ SNAKEMAKE := snakemake --snakefile workflow/Snakefile
 
 venv: $(STAMP)
 
-$(STAMP): envs/requirements.txt pyproject.toml
+$(STAMP): envs/requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	# torch first, alone: on CPU machines the local CPU wheel, on clusters the CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r envs/requirements.txt
+	# fastmri pins old torch/numpy: installed without its dependencies (they are listed above).
+	$(BIN)/pip install --quiet --no-deps fastmri==0.3.0
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT
 from genrecon.data import lodopab, mnist
-from genrecon.data.prepare import prepare_lodopab, prepare_mnist
+from genrecon.data.lodopab import LoDoPaB
+from genrecon.data.mnist import MNIST
 
 
 def test_lodopab_layout_round_trip(tmp_path, rng):
@@ -34,7 +35,7 @@ def test_lodopab_missing_split_names_the_folder(tmp_path):
 
 def test_synthetic_lodopab_is_deterministic_and_lodopab_like(tmp_path, tiny_lodopab_cfg):
     for name in ("a", "b"):
-        prepare_lodopab(tmp_path / name, tiny_lodopab_cfg, seed=7)
+        LoDoPaB(tiny_lodopab_cfg, seed=7).prepare(tmp_path / name)
     a, b = (
         (tmp_path / "a" / "MANIFEST.json").read_text(),
         (tmp_path / "b" / "MANIFEST.json").read_text(),
@@ -75,7 +76,7 @@ def test_mnist_prepare_splits_and_cs(tmp_path):
         "splits": {"train": 30, "validation": 10, "test": 10},
         "cs": {"m": 196, "noise_rel": 0.1, "tikhonov_lambda": 0.02},
     }
-    prepare_mnist(tmp_path, ROOT / "vendor" / "mnist", cfg, seed=0)
+    MNIST(cfg, seed=0).prepare(tmp_path)
     sets = {s: mnist.load_images(tmp_path, s) for s in ("train", "validation", "test")}
     assert [len(v) for v in sets.values()] == [30, 10, 10]
     flat = [tuple(img.ravel()) for v in sets.values() for img in v]
@@ -109,3 +110,32 @@ def test_lazy_split_reads_like_the_array(tmp_path, rng):
     index = np.array([9, 0, 3, 3, 7])  # unsorted, repeated, across files
     np.testing.assert_array_equal(lazy[index], truth[index])
     np.testing.assert_array_equal(lazy[2:8], truth[2:8])
+
+
+def test_every_dataset_yields_x_y_meta_measured_by_its_physics(tmp_path, tiny_lodopab_cfg):
+    """The dataset interface: (x, y, meta) with the cached conditioning inputs, and y = A x + noise
+    for the operator the dataset names (so a method gets the physics its data came from)."""
+    import torch
+
+    from genrecon.data.registry import registered_datasets
+
+    mnist_cfg = {
+        "source": "embedded",
+        "splits": {"train": 6, "validation": 2, "test": 4},
+        "cs": {"m": 196, "noise_rel": 0.1, "tikhonov_lambda": 0.02},
+    }
+    configs = {"lodopab": (tiny_lodopab_cfg, 0.05), "mnist": (mnist_cfg, 0.1 + 1e-4)}
+    assert set(registered_datasets()) == set(configs)  # a new dataset needs a case here
+    for name, (cfg, noise_bound) in configs.items():
+        dataset = registered_datasets()[name](cfg, seed=0)
+        root = tmp_path / name
+        dataset.prepare(root)
+        split = dataset.split(root, "test")
+        x, y, meta = split[1]
+        assert meta["index"] == 1 and set(meta["cond"]) == set(dataset.conditionings)
+        physics = dataset.physics(root)
+        clean = physics.A(torch.from_numpy(np.asarray(split.x, np.float32))).numpy()
+        relative = np.linalg.norm((np.asarray(split.y) - clean).reshape(len(split), -1), axis=1)
+        relative /= np.linalg.norm(clean.reshape(len(split), -1), axis=1)
+        assert np.all(relative < noise_bound), (name, relative)
+        assert np.all(np.isfinite(split.cond[dataset.conditionings[0]]))

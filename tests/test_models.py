@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import FrEIA.modules as Fm
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from scipy import stats
 
 from genrecon.models.base import NormalBase, RadialBase, make_base
 from genrecon.models.cinn import build_model
+from genrecon.models.downsampling import LearnedInvertibleDownsampling, haar_matrix
 
 
 def _perturbed(model):
@@ -19,6 +21,23 @@ def _perturbed(model):
             if p.requires_grad:  # fixed 1x1 convolutions keep their precomputed inverse
                 p.add_(0.05 * torch.randn_like(p))
     return model.eval()
+
+
+def _float64(model):
+    """model.double(), with the fixed 1x1 convolutions' inverse and log|det| redone in float64.
+
+    Fm.Fixed1x1Conv computes M^-1 and log|det M| once, in float32, when the model is built; cast
+    to float64 they are off by ~1e-7 per pixel, which over a whole flow exceeds what a float64
+    log-determinant check should tolerate (this made the simple-layout check fail by 1.4e-6).
+    """
+    model = model.double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Fm.Fixed1x1Conv):
+                stored = module.M[:, :, 0, 0]
+                module.M_inv.copy_(stored.inverse()[:, :, None, None])
+                module.logDetM.copy_(torch.linalg.slogdet(stored)[1])
+    return model
 
 
 @pytest.mark.parametrize("downsampling", ["haar", "irevnet"])
@@ -35,7 +54,7 @@ def test_cinn_roundtrip(tiny_arch, size, downsampling):
 
 def test_cinn_logdet_matches_autograd(tiny_arch):
     torch.manual_seed(0)
-    model = _perturbed(build_model(tiny_arch, 8, "normal", 0)).double()
+    model = _float64(_perturbed(build_model(tiny_arch, 8, "normal", 0)))
     x, c = torch.rand(1, 8, 8, dtype=torch.float64), torch.rand(1, 8, 8, dtype=torch.float64)
     cond = model.cond_net(model.pad(c))
     _, logdet = model.flow(model.pad(x), c=cond, jac=True)
@@ -107,3 +126,209 @@ def test_normal_base_matches_torch():
 def test_unknown_base_is_named():
     with pytest.raises(ValueError, match="unknown base distribution 'laplace'"):
         make_base("laplace")
+
+
+# --- layout "authors": the seed authors' multi-scale cINN (cinn_for_imaging) -----------------
+
+# The paper-scale LoDoPaB model and the MNIST model as params.yaml is meant to hold them.
+AUTHORS_LODOPAB = {
+    "layout": "authors",
+    "levels": 5,
+    "cond_levels": 4,
+    "blocks_per_level": 5,
+    "uncond_blocks": 2,
+    "downsampling": "learned",
+    "act_norm": True,
+    "split": True,
+    "cond_channels": [4, 16, 32, 64, 64, 32],
+    "cond_features": 16,
+    "dense_dim": 128,
+    "dense_cond": 64,
+    "dense_blocks": 2,
+    "clamp": 1.5,
+}
+AUTHORS_MNIST = {
+    "layout": "authors",
+    "levels": 2,
+    "cond_levels": 2,
+    "blocks_per_level": 2,
+    "uncond_blocks": 0,
+    "downsampling": "learned",
+    "act_norm": False,
+    "split": False,
+    "cond_channels": [4, 16, 32],
+    "cond_features": 16,
+    "dense_dim": 128,
+    "dense_cond": 64,
+    "dense_blocks": 3,
+    "clamp": 1.5,
+}
+# Every piece of the layout at a size where a float64 Jacobian is cheap: learned downsampling,
+# unconditioned couplings + ActNorm, a split, conditioned 1x1 and 3x3 sections, dense section.
+TINY_AUTHORS = {
+    "layout": "authors",
+    "levels": 2,
+    "cond_levels": 2,
+    "blocks_per_level": 2,
+    "uncond_blocks": 1,
+    "downsampling": "learned",
+    "cond_channels": [2, 4, 4],
+    "cond_features": 4,
+    "dense_dim": 16,
+    "dense_cond": 4,
+    "dense_blocks": 2,
+}
+
+
+def _trainable(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _ready(model, size: int):
+    """Data-dependent ActNorm init on one training batch, then perturb: a non-identity flow."""
+    model.train()
+    with torch.no_grad():
+        model.encode(torch.rand(4, size, size), torch.rand(4, size, size))
+    return _perturbed(model)
+
+
+def test_authors_paper_scale_parameter_ledger():
+    """362 -> 384 px; counts match the authors' model as published, part by part (FACTS ledger).
+
+    Invertible part: 3,166,656 (the paper's "3.2 Mio"). Conditioning net: theirs has 1,896,092,
+    of which 642,432 sit in the head for the fifth downsampling level that no coupling consumes
+    (their graph conditions sections 0-3 and the dense block only); that head is not built here,
+    so ours must have exactly 1,896,092 - 642,432 = 1,253,660.
+    """
+    model = build_model(AUTHORS_LODOPAB, 362, "normal", 0)
+    assert model.size == 384
+    flow, cond = _trainable(model.blocks), _trainable(model.cond_net)
+    print(
+        f"\ninvertible part {flow:,} (authors 3,166,656); conditioning net {cond:,} "
+        f"(authors 1,896,092 incl. 642,432 unused -> 1,253,660)"
+    )
+    assert flow == pytest.approx(3_166_656, rel=0.02)
+    assert cond == 1_896_092 - 642_432
+
+    parts: dict[str, int] = {}
+    for name, block in model.blocks.items():
+        if not _trainable(block):  # splits, flattens, fixed permutations
+            continue
+        if name.startswith(("down", "uncond", "actnorm_uncond")):
+            key = "downsampling + unconditioned"
+        elif name.startswith("dense"):
+            key = "dense"
+        else:  # coupling{l}_{k}, actnorm_coupling{l}_{k}
+            key = f"section{name.split('_')[-2][-1]}"
+        parts[key] = parts.get(key, 0) + _trainable(block)
+    assert parts == {
+        "downsampling + unconditioned": 222_640,
+        "section0": 11_408,
+        "section1": 115_200,
+        "section2": 458_880,
+        "section3": 1_831_680,
+        "dense": 526_848,
+    }
+    net = model.cond_net
+    assert _trainable(net.stem) == 48_568
+    assert [_trainable(h) for h in net.heads] == [2_580, 19_024, 90_464, 375_168]
+    assert _trainable(net.dense) == 717_856
+
+
+@pytest.mark.parametrize("size", [8, 6])  # 6 is padded to 8
+def test_authors_roundtrip(size):
+    torch.manual_seed(0)
+    model = _ready(build_model(TINY_AUTHORS, size, "normal", 0), size).eval()
+    x, c = torch.rand(3, size, size), torch.rand(3, size, size)
+    z, _ = model.encode(x, c)
+    cond = model.cond_net(model.pad(c))
+    back, _ = model.flow(z, c=cond, rev=True)
+    torch.testing.assert_close(model.crop(back), x, atol=1e-5, rtol=1e-5)
+
+
+def test_authors_logdet_matches_autograd():
+    torch.manual_seed(0)
+    model = _float64(_ready(build_model(TINY_AUTHORS, 8, "normal", 0), 8))
+    downs = [m for m in model.blocks.values() if isinstance(m, LearnedInvertibleDownsampling)]
+    assert downs and all(
+        not torch.allclose(d.matrices()[0], haar_matrix(torch.float64)) for d in downs
+    )
+    x, c = torch.rand(1, 8, 8, dtype=torch.float64), torch.rand(1, 8, 8, dtype=torch.float64)
+    cond = model.cond_net(model.pad(c))
+    _, logdet = model.flow(model.pad(x), c=cond, jac=True)
+
+    def f(flat):
+        z, _ = model.flow(flat.reshape(1, 1, 8, 8), c=cond, jac=False)
+        return z.reshape(-1)
+
+    jacobian = torch.autograd.functional.jacobian(f, x.reshape(-1), vectorize=True)
+    _, expected = torch.linalg.slogdet(jacobian)
+    assert abs(expected.item()) > 1e-2  # the perturbed flow is not volume-preserving
+    assert logdet.item() == pytest.approx(expected.item(), abs=1e-8)
+
+
+def test_learned_downsampling_starts_at_haar_and_stays_orthogonal():
+    torch.manual_seed(0)
+    learned = LearnedInvertibleDownsampling([(3, 8, 8)]).double()
+    haar = Fm.HaarDownsampling([(3, 8, 8)]).double()  # rebalance 1: the orthonormal transform
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    (out,), jac = learned([x])
+    (expected,), _ = haar([x])
+    torch.testing.assert_close(out, expected)
+    assert float(jac) == 0.0
+
+    optimizer = torch.optim.SGD(learned.parameters(), lr=0.5)
+    (learned([x])[0][0] * torch.randn_like(out)).sum().backward()
+    optimizer.step()
+    q = learned.matrices()
+    assert not torch.allclose(q, haar_matrix(torch.float64).expand_as(q))  # it did learn
+    eye = torch.eye(4, dtype=torch.float64).expand_as(q)
+    torch.testing.assert_close(q @ q.transpose(1, 2), eye)
+    (out,), _ = learned([x])
+    (back,), _ = learned([out], rev=True)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(out.square().sum(), x.square().sum())  # orthogonal: norm kept
+
+
+def test_authors_model_is_rebuilt_identically():
+    a = build_model(TINY_AUTHORS, 8, "normal", 3).state_dict()
+    b = build_model(TINY_AUTHORS, 8, "normal", 3).state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    c = build_model(TINY_AUTHORS, 8, "normal", 4).state_dict()
+    assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_authors_mnist_model_matches_appendix_a2_and_roundtrips():
+    torch.manual_seed(0)
+    model = build_model(AUTHORS_MNIST, 28, "normal", 0)
+    dims = {
+        n.name: n.output_dims[0] for n in model.flow.node_list if getattr(n, "output_dims", None)
+    }
+    assert dims["down0"] == (4, 14, 14) and dims["down1"] == (16, 7, 7)  # seed 000 App. A.2
+    assert dims["flatten"] == (784,) and dims["split_dense"] == (128,)
+    assert sum(name.startswith("dense_coupling") for name in model.blocks) == 3
+    model = _perturbed(model)
+    x, c = torch.rand(2, 28, 28), torch.rand(2, 28, 28)
+    z, _ = model.encode(x, c)
+    assert z.shape == (2, 784)
+    back, _ = model.flow(z, c=model.cond_net(model.pad(c)), rev=True)
+    torch.testing.assert_close(model.crop(back), x, atol=1e-5, rtol=1e-5)
+    samples = model.sample(c[0], 3, torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 28, 28) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"layout": "authors", "hidden": 8}, "does not use"),
+        ({"uncond_blocks": 1}, "does not use"),
+        ({"layout": "glow"}, "unknown layout"),
+        ({"layout": "authors", "cond_channels": [2, 4]}, "levels \\+ 1 cond_channels"),
+    ],
+)
+def test_architecture_keys_are_checked_per_layout(tiny_arch, cfg, message):
+    base = dict(TINY_AUTHORS) if cfg.get("layout") == "authors" else dict(tiny_arch)
+    with pytest.raises(ValueError, match=message):
+        build_model({**base, **cfg}, 8, "normal", 0)

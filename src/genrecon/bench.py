@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrecon.config import scale_settings
+from genrecon.config import resolve
 from genrecon.models.cinn import build_model
 from genrecon.physics.ct import CTGeometry, apply, fbp_operator, ray_transform
 
@@ -101,7 +101,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
     import mlflow
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    smoke, paper = scale_settings(params, "smoke"), scale_settings(params, "paper")
+    smoke, paper = resolve(params, "smoke"), resolve(params, "paper")
     sd, pd = smoke["datasets"]["lodopab"], paper["datasets"]["lodopab"]
     repeats = 3 if quick else 10
     big = 2 if quick else 4  # LoDoPaB-size items take seconds each
@@ -118,7 +118,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
     )
     results += _training(
         "smoke 64x64",
-        smoke["architectures"]["lodopab_smoke"],
+        smoke["architectures"]["lodopab"],
         sd["image_size"],
         smoke["train"]["lodopab"]["batch_size"],
         repeats,
@@ -126,7 +126,7 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
     )
     results += _training(
         "paper 362x362",
-        paper["architectures"]["lodopab_paper"],
+        paper["architectures"]["lodopab"],
         pd["image_size"],
         2,
         big,

@@ -1,6 +1,9 @@
-"""`genrecon` command line: one subcommand per pipeline job. Snakemake rules call these.
+"""`genrecon` command line: one subcommand per pipeline job; Snakemake rules call these.
 
-Every job is an MLflow run (see tracking.py); its run id is written into its outputs.
+Every job is an MLflow run (tracking.py) and reads its settings through the same
+`genrecon.config` function its rule passes as `params`, so a changed setting reruns exactly the
+jobs that read it. No command branches on a dataset or method name: datasets, methods,
+protocols and sweeps are looked up in their registries.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from genrecon.config import load_params, model_settings, scale_settings
+from genrecon import config
 
 
 def _threads(settings: dict) -> None:
@@ -19,13 +22,34 @@ def _threads(settings: dict) -> None:
     torch.set_num_threads(int(os.environ.get("GENRECON_THREADS", settings.get("threads", 1))))
 
 
-def _manifest(root: Path) -> Path:
-    path = Path(root) / "MANIFEST.json"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: dataset not prepared (run `snakemake` or `genrecon prepare`)"
-        )
-    return path
+def _log_artifacts(*paths: Path) -> None:
+    import mlflow
+
+    for path in paths:
+        mlflow.log_artifact(str(path))
+
+
+def _dataset(settings: dict, name: str):
+    from genrecon.data.registry import dataset
+
+    return dataset(name, settings)
+
+
+def _method(row: dict, dataset):
+    """The experiment's method, configured by its variant, reading the right conditioning."""
+    from genrecon.methods import method_class
+
+    method = method_class(row["method"])(**row["variant"])
+    if method.uses_conditioning and method.conditioning is None:
+        method.conditioning = dataset.conditionings[0]
+    return method
+
+
+def _trained(method, checkpoint: Path, seed: int, protocol_settings: dict):
+    from genrecon.training import load_model
+
+    model, _ = load_model(checkpoint, method.build)
+    return method.attach(model, seed, protocol_settings)
 
 
 def cmd_init_tracking(args, params, settings) -> None:
@@ -36,186 +60,135 @@ def cmd_init_tracking(args, params, settings) -> None:
 
 
 def cmd_download(args, params, settings) -> None:
-    from genrecon.data import lodopab, mnist
+    from genrecon.evaluation.protocols import write_json
     from genrecon.tracking import tracked_run
 
-    cfg = settings["datasets"][args.dataset]
-    with tracked_run(
-        params, f"download_{args.dataset}", {args.dataset: cfg}, wildcards={"dataset": args.dataset}
-    ):
-        if args.dataset == "lodopab":
-            lodopab.download_zenodo(Path(args.root), cfg["zenodo_record"])
-        else:
-            mnist.download_mnist(Path(args.root))
+    job = config.prepare_settings(settings, args.dataset)
+    with tracked_run(params, "download", job, wildcards={"dataset": args.dataset}):
+        receipt = _dataset(settings, args.dataset).download(Path(args.root))
+        write_json(Path(args.root) / "download.json", receipt)
+        _log_artifacts(Path(args.root) / "download.json")
 
 
 def cmd_prepare(args, params, settings) -> None:
-    from genrecon.data import prepare
+    from genrecon.data.base import manifest_path
     from genrecon.tracking import tracked_run
 
-    cfg = settings["datasets"][args.dataset]
-    with tracked_run(
-        params, f"prepare_{args.dataset}", {args.dataset: cfg}, wildcards={"dataset": args.dataset}
-    ) as run:
-        if args.dataset == "lodopab":
-            prepare.prepare_lodopab(Path(args.root), cfg, params["seed"])
-        else:
-            prepare.prepare_mnist(Path(args.root), Path(args.raw), cfg, params["seed"])
-        import mlflow
-
-        mlflow.log_artifact(str(_manifest(Path(args.root))))
+    job = config.prepare_settings(settings, args.dataset)
+    with tracked_run(params, "prepare", job, wildcards={"dataset": args.dataset}) as run:
+        _dataset(settings, args.dataset).prepare(Path(args.root))
+        _log_artifacts(manifest_path(Path(args.root)))
         print(f"prepared {args.root} (run {run.info.run_id})")
 
 
-def cmd_train(args, params, settings) -> None:
+def cmd_fit(args, params, settings) -> None:
     import mlflow
 
-    from genrecon.data.pairs import load_pairs, load_pairs_lazy
-    from genrecon.evaluate import write_json
+    from genrecon.data.base import TrainingPairs, manifest_path
+    from genrecon.evaluation.protocols import write_json
     from genrecon.tracking import tracked_run
-    from genrecon.train import train
+    from genrecon.training import fit
 
     _threads(settings)
-    model_cfg = model_settings(settings, args.model)
-    root = Path(args.data)
-    if model_cfg["data"].get("source") == "zenodo":  # real LoDoPaB: too large for memory
-        train_pairs = load_pairs_lazy(root, "train")
-    else:
-        train_pairs = load_pairs(model_cfg["dataset"], root, "train", model_cfg)
-    val_pairs = load_pairs(model_cfg["dataset"], root, "validation", model_cfg)
-    out = Path(args.out)
-    with tracked_run(params, "train", model_cfg, [_manifest(root)], {"model": args.model}) as run:
-        summary = train(
-            model_cfg,
-            train_pairs,
-            val_pairs,
+    job = config.fit_settings(settings, args.experiment)
+    row = config.experiment(settings, args.experiment)
+    dataset = _dataset(settings, job["dataset"])
+    method = _method(row, dataset)
+    if not method.trainable:
+        raise SystemExit(
+            f"experiment {args.experiment!r}: method {row['method']!r} has no training"
+        )
+    root, out = Path(args.data), Path(args.out)
+    lazy = dataset.needs_download()  # real data at paper scale: read batches from disk
+    train_split = dataset.split(root, "train", lazy=lazy)
+    val_split = dataset.split(root, "validation")
+    spec = method.spec(job, tuple(train_split.x.shape[1:]))
+    with tracked_run(
+        params, "fit", job, [manifest_path(root)], {"experiment": args.experiment}
+    ) as run:
+        summary = fit(
+            lambda: method.build(spec),
+            spec,
+            TrainingPairs(train_split, method.conditioning),
+            TrainingPairs(val_split, method.conditioning),
+            job["train"],
             out,
-            params["seed"],
+            job["seed"],
             log_metric=lambda k, v, s: mlflow.log_metric(k, v, step=s),
+            name=args.experiment,
         )
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
-        mlflow.log_artifact(str(out / "history.csv"))
-        mlflow.log_artifact(str(out / "best.pt"))
-        write_json(out / "train.json", {**summary, "run_id": run.info.run_id, "model": args.model})
-        mlflow.log_artifact(str(out / "train.json"))
+        write_json(
+            out / "train.json",
+            {**summary, "run_id": run.info.run_id, "experiment": args.experiment},
+        )
+        _log_artifacts(
+            *(out / name for name in ("history.csv", "best.pt", "best.json", "train.json"))
+        )
 
 
-def cmd_evaluate(args, params, settings) -> None:
+def cmd_reconstruct(args, params, settings) -> None:
     import mlflow
 
-    from genrecon.data.pairs import load_pairs
-    from genrecon.evaluate import evaluate_model, write_json, write_rows
+    from genrecon.data.base import manifest_path
+    from genrecon.evaluation.protocols import PROTOCOLS, write_json
     from genrecon.tracking import tracked_run
-    from genrecon.train import load_checkpoint
 
     _threads(settings)
-    model_cfg = model_settings(settings, args.model)
-    ev = model_cfg["evaluate"]
+    job = config.reconstruct_settings(settings, args.experiment)
+    row = config.experiment(settings, args.experiment)
+    dataset = _dataset(settings, job["dataset"])
+    method = _method(row, dataset)
     root, out = Path(args.data), Path(args.out)
-    pairs = load_pairs(model_cfg["dataset"], root, "test", model_cfg, ev["num_images"])
-    model, _ = load_checkpoint(Path(args.checkpoint))
+    if method.trainable:
+        method = _trained(method, Path(args.checkpoint), job["seed"], job["evaluate"])
+    (protocol,) = job["protocols"]  # one protocol per experiment: one summary file
+    split = dataset.split(root, "test", job["evaluate"]["num_images"])
+    tracked = {**job, "checkpoint": args.checkpoint}
     with tracked_run(
-        params,
-        "evaluate",
-        {**model_cfg, "checkpoint": args.checkpoint},
-        [_manifest(root)],
-        {"model": args.model},
+        params, "reconstruct", tracked, [manifest_path(root)], {"experiment": args.experiment}
     ) as run:
-        clip = tuple(ev["clip"]) if ev.get("clip") else None
-        summary, sweep = evaluate_model(
-            model,
-            pairs,
-            ev["num_samples"],
-            ev["batch_samples"],
-            params["seed"],
-            out,
-            settings["sweeps"]["num_samples"],
-            clip,
+        summary = PROTOCOLS[protocol](
+            method, dataset, split, dataset.physics(root), job["evaluate"], out
         )
-        rows = [{**r, "run_id": run.info.run_id, "model": args.model} for r in sweep]
-        write_rows(out / "samples_sweep.csv", rows)
-        mlflow.log_metrics(summary)
-        write_json(
-            out / "summary.json",
-            {
-                **summary,
-                "run_id": run.info.run_id,
-                "model": args.model,
-                "num_samples": ev["num_samples"],
-                "clip": list(clip) if clip else None,
-            },
-        )
-        for name in ("summary.json", "per_image.csv", "samples_sweep.csv", "examples.npz"):
-            mlflow.log_artifact(str(out / name))
-
-
-def cmd_baseline(args, params, settings) -> None:
-    import h5py
-    import mlflow
-
-    from genrecon.data import mnist
-    from genrecon.data.pairs import load_pairs
-    from genrecon.evaluate import evaluate_baselines, write_json
-    from genrecon.tracking import tracked_run
-
-    root, out = Path(args.data), Path(args.out)
-    n = settings["evaluate"][args.dataset]["num_images"]
-    if args.dataset == "lodopab":
-        pairs = load_pairs("lodopab", root, "test", {}, n)
-        truth, methods = pairs.truth, {"fbp": pairs.inversion}
-    else:
-        truth = mnist.load_images(root, "test")[:n]
-        with h5py.File(root / "cs.hdf5", "r") as f:
-            methods = {k: f[f"test/{k}"][: len(truth)] for k in ("pinv", "tikhonov")}
-    with tracked_run(
-        params,
-        "baseline",
-        settings["datasets"][args.dataset],
-        [_manifest(root)],
-        {"dataset": args.dataset},
-    ) as run:
-        summary = evaluate_baselines(truth, methods, out)
-        for method, stats in summary.items():
-            mlflow.log_metrics({f"{method}_{k}": v for k, v in stats.items()})
-        write_json(
-            out / "summary.json",
-            {"methods": summary, "run_id": run.info.run_id, "dataset": args.dataset},
-        )
-        for name in ("summary.json", "per_image.csv"):
-            mlflow.log_artifact(str(out / name))
+        for estimator, stats in summary["estimators"].items():
+            mlflow.log_metrics(
+                {f"{estimator}_{k}": v for k, v in stats.items() if isinstance(v, float)}
+            )
+        payload = {
+            "experiment": args.experiment,
+            "method": row["method"],
+            "dataset": job["dataset"],
+            "data": dataset.describe(settings["scale"]),
+            "run_id": run.info.run_id,
+            **summary,
+        }
+        write_json(out / "summary.json", payload)
+        _log_artifacts(*(out / n for n in ("summary.json", "per_image.csv", "examples.npz")))
 
 
 def cmd_sweep(args, params, settings) -> None:
-    """Sample refinement over lambda (Table 4); the sample-count sweep runs inside evaluate."""
-    import mlflow
-
-    from genrecon.data.pairs import load_pairs
-    from genrecon.evaluate import load_observations, sweep_refinement, write_rows
-    from genrecon.physics.ct import CTGeometry
+    from genrecon.data.base import manifest_path
+    from genrecon.evaluation.protocols import SWEEPS, write_rows
     from genrecon.tracking import tracked_run
-    from genrecon.train import load_checkpoint
 
     _threads(settings)
-    model_cfg = model_settings(settings, args.model)
-    if model_cfg["dataset"] != "lodopab":
-        raise SystemExit(f"sample refinement needs a CT model; {args.model} is not one")
-    cfg, data = settings["sweeps"]["refinement"], model_cfg["data"]
-    clip = model_cfg["evaluate"].get("clip")
+    job = config.sweep_settings(settings, args.sweep, args.experiment)
+    row = config.experiment(settings, args.experiment)
+    dataset = _dataset(settings, job["dataset"])
+    method = _method(row, dataset)
     root = Path(args.data)
-    model, _ = load_checkpoint(Path(args.checkpoint))
-    job_cfg = {"refinement": cfg, "clip": clip, "model": model_cfg}
-    with tracked_run(
-        params, "sweep_refinement", job_cfg, [_manifest(root)], {"model": args.model}
-    ) as run:
-        pairs = load_pairs("lodopab", root, "test", model_cfg, cfg["num_images"])
-        obs = load_observations(root, "test", cfg["num_images"])
-        geometry = CTGeometry(data["image_size"], data["num_angles"])
-        rows = sweep_refinement(
-            model, pairs, obs, geometry, cfg, params["seed"], tuple(clip) if clip else None
+    if method.trainable:
+        method = _trained(method, Path(args.checkpoint), job["seed"], job["settings"])
+    split = dataset.split(root, "test", job["settings"]["num_images"])
+    wildcards = {"sweep": args.sweep, "experiment": args.experiment}
+    with tracked_run(params, "sweep", job, [manifest_path(root)], wildcards) as run:
+        rows = SWEEPS[args.sweep](
+            method, dataset, split, dataset.physics(root), job["settings"], job["clip"]
         )
-        rows = [{**r, "run_id": run.info.run_id, "model": args.model} for r in rows]
+        rows = [{**r, "run_id": run.info.run_id, "experiment": args.experiment} for r in rows]
         write_rows(Path(args.out), rows)
-        mlflow.log_artifact(args.out)
+        _log_artifacts(Path(args.out))
 
 
 def cmd_bench(args, params, settings) -> None:
@@ -232,8 +205,9 @@ def cmd_report(args, params, settings) -> None:
     if args.what == "numbers":
         report.build_numbers(
             params,
-            args.scale,
+            settings,
             Path(args.results),
+            Path(args.tables),
             Path(args.paper),
             Path(args.out),
             Path(args.benchmarks),
@@ -247,7 +221,7 @@ def cmd_report(args, params, settings) -> None:
             dict(p.split("=", 1) for p in args.parameter),
         )
     else:
-        report.write_index(params, args.scale, [Path(p) for p in args.pages], Path(args.out))
+        report.write_index(params, settings, [Path(p) for p in args.pages], Path(args.out))
 
 
 def cmd_provenance(args, params, settings) -> None:
@@ -262,38 +236,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default=None, help="smoke or paper (default: params.yaml's scale)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("init-tracking", help="create the MLflow store and experiment")
-    s = sub.add_parser("download", help="download a dataset (resumable, md5-checked)")
-    s.add_argument("dataset", choices=["lodopab", "mnist"])
-    s.add_argument("--root", required=True)
-    s = sub.add_parser("prepare", help="prepare a dataset and its inversion layer")
-    s.add_argument("dataset", choices=["lodopab", "mnist"])
-    s.add_argument("--root", required=True)
-    s.add_argument("--raw", default="vendor/mnist", help="MNIST source folder (IDX files)")
-    s = sub.add_parser("train", help="train one model of params.yaml")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
     for name, text in (
-        ("evaluate", "conditional mean, std and sample-count sweep"),
-        ("sweep", "sample refinement over lambda (CT)"),
+        ("download", "download a dataset's real files (resumable, checksummed)"),
+        ("prepare", "write a dataset in its real format with its conditioning inputs"),
     ):
         s = sub.add_parser(name, help=text)
-        if name == "sweep":
-            s.add_argument("kind", choices=["refine"])
-        s.add_argument("--model", required=True)
-        s.add_argument("--checkpoint", required=True)
-        s.add_argument("--data", required=True)
-        s.add_argument("--out", required=True)
-    s = sub.add_parser("baseline", help="classical reconstructions on the test images")
-    s.add_argument("dataset", choices=["lodopab", "mnist"])
+        s.add_argument("dataset")
+        s.add_argument("--root", required=True)
+    s = sub.add_parser("fit", help="train one experiment's method")
+    s.add_argument("experiment")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
+    s = sub.add_parser("reconstruct", help="evaluate one experiment on the test split")
+    s.add_argument("experiment")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--checkpoint", help="trained model (trainable methods)")
+    s = sub.add_parser("sweep", help="one sweep (e.g. refine: lambda) on one experiment")
+    s.add_argument("sweep")
+    s.add_argument("experiment")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--checkpoint", help="trained model (trainable methods)")
     s = sub.add_parser("bench", help="benchmarks: projector, FBP, training and sampling throughput")
     s.add_argument("--out", default="results/benchmarks.json")
     s.add_argument("--quick", action="store_true", help="fewer repetitions")
     s = sub.add_parser("report", help="numbers table, notebooks, index page")
     s.add_argument("what", choices=["numbers", "notebook", "index"])
     s.add_argument("--results", default="results")
+    s.add_argument("--tables", default="config/tables.yaml")
     s.add_argument("--paper", default="reference/paper_results.yaml")
     s.add_argument("--benchmarks", default="results/benchmarks.json")
     s.add_argument("--notebook")
@@ -311,9 +282,8 @@ COMMANDS = {
     "init-tracking": cmd_init_tracking,
     "download": cmd_download,
     "prepare": cmd_prepare,
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "baseline": cmd_baseline,
+    "fit": cmd_fit,
+    "reconstruct": cmd_reconstruct,
     "sweep": cmd_sweep,
     "bench": cmd_bench,
     "report": cmd_report,
@@ -323,11 +293,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    params = load_params(args.params)
+    params = config.load_params(args.params)
     if args.scale:
         params["scale"] = args.scale
-    args.scale = params["scale"]
-    settings = scale_settings(params)
+    settings = config.resolve(params, root=Path(args.params).parent)
+    args.scale = settings["scale"]
     COMMANDS[args.command](args, params, settings)
     return 0
 

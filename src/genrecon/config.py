@@ -1,13 +1,32 @@
-"""params.yaml -> the settings of the chosen scale, validated, with clear errors."""
+"""params.yaml -> the settings of one scale: base + overlay, validated, cross-references resolved.
+
+Why one module: Snakemake rules and the jobs they run must see the same settings, or a changed
+setting reruns the wrong jobs (the old rules copied settings and drifted). So every stage has one
+function here (`prepare_settings`, `fit_settings`, `reconstruct_settings`, `sweep_settings`)
+that returns exactly what that job reads; rules pass its result as `params`, and the job calls
+the same function. A changed setting then reruns exactly the jobs whose settings it is part of.
+
+Scales are overlays: `scales.<scale>` is deep-merged onto the base (mappings key by key, lists
+and values replace). An overlay may only set keys the base has, so a misspelt key is an error.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 SCALES = ("smoke", "paper")
+PROTOCOLS = ("posterior", "point")
+SCHEMA = Path("workflow/schemas/params.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is inconsistent; the message names the key."""
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -17,26 +36,178 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def scale_settings(params: dict[str, Any], scale: str | None = None) -> dict[str, Any]:
-    """The block of `params` for `scale` (default: params['scale'])."""
+def deep_merge(base: Any, overlay: Any, where: str = "") -> Any:
+    """`overlay` merged onto `base`; a key the base lacks is an error naming its path."""
+    if not isinstance(overlay, dict) or not isinstance(base, dict):
+        return copy.deepcopy(overlay)
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in base:
+            raise ConfigError(
+                f"params.yaml: overlay key {path!r} does not exist in the base settings "
+                f"(known here: {sorted(base)})"
+            )
+        merged[key] = deep_merge(base[key], value, path)
+    return merged
+
+
+def _schema(root: Path) -> dict:
+    return yaml.safe_load((root / SCHEMA).read_text())
+
+
+def validate_schema(params: dict, root: Path = Path(".")) -> None:
+    """Strict JSON-schema check of the whole file (base, overlays and sheet)."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(params, _schema(root))
+    except jsonschema.ValidationError as error:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ConfigError(f"params.yaml: {where}: {error.message}") from None
+
+
+def resolve(params: dict, scale: str | None = None, root: Path = Path(".")) -> dict[str, Any]:
+    """The settings of `scale` (default: params['scale']): overlay merged, sheet filtered.
+
+    `settings["experiments"]` holds only the rows that run at this scale, each with its name.
+    Every cross-reference of the sheet is checked here, at startup.
+    """
+    validate_schema(params, root)
     scale = scale or params.get("scale", "smoke")
-    if scale not in SCALES or scale not in params:
-        raise ValueError(f"scale={scale!r}: expected one of {SCALES} with a block in params.yaml")
-    return params[scale]
-
-
-def model_settings(settings: dict[str, Any], model: str) -> dict[str, Any]:
-    """Everything one model needs: its entry, its architecture, its dataset's train/eval blocks."""
-    models = settings["models"]
-    if model not in models:
-        raise KeyError(f"model {model!r} is not in params.yaml; known: {sorted(models)}")
-    entry = dict(models[model])
-    dataset = entry["dataset"]
-    return {
-        **entry,
-        "name": model,
-        "architecture": settings["architectures"][entry["arch"]],
-        "train": settings["train"][dataset],
-        "evaluate": settings["evaluate"][dataset],
-        "data": settings["datasets"][dataset],
+    if scale not in SCALES or scale not in params["scales"]:
+        raise ConfigError(f"scale={scale!r}: expected one of {SCALES} with an overlay in params")
+    base = {k: v for k, v in params.items() if k not in ("scales", "scale")}
+    settings = deep_merge(base, params["scales"][scale] or {})
+    # the merged settings obey the same schema as the base (types of overlaid values)
+    validate_schema({**settings, "scale": scale, "scales": {s: None for s in SCALES}}, root)
+    settings["scale"] = scale
+    settings["experiments"] = {
+        name: {"name": name, "variant": {}, "sweeps": [], **row}
+        for name, row in settings["experiments"].items()
+        if scale in row.get("scales", SCALES)
     }
+    check_references(settings)
+    return settings
+
+
+def check_references(settings: dict) -> None:
+    """Every name an experiment row uses exists: dataset, method, variant keys, arch, sweeps."""
+    from genrecon.data.registry import dataset_class
+    from genrecon.methods import method_class
+
+    for name, row in settings["experiments"].items():
+        where = f"params.yaml: experiments.{name}"
+        if row["dataset"] not in settings["datasets"]:
+            raise ConfigError(f"{where}.dataset: no dataset {row['dataset']!r} in `datasets`")
+        try:
+            cls = method_class(row["method"])
+            dataset_class(row["dataset"])
+        except KeyError as error:
+            raise ConfigError(f"{where}: {error.args[0]}") from None
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = set(row["variant"]) - accepted
+        if unknown:
+            raise ConfigError(
+                f"{where}.variant: unknown keys {sorted(unknown)} for method "
+                f"{row['method']!r}; it accepts {sorted(accepted)}"
+            )
+        arch = row["variant"].get("arch")
+        if arch is not None and arch not in settings["architectures"]:
+            raise ConfigError(f"{where}.variant.arch: no architecture {arch!r}")
+        if cls.trainable and row["dataset"] not in settings["train"]:
+            raise ConfigError(f"{where}: trainable, but `train` has no block {row['dataset']!r}")
+        if "posterior" in row["protocols"] and row["dataset"] not in settings["evaluate"]:
+            raise ConfigError(f"{where}: `evaluate` has no block {row['dataset']!r}")
+        for sweep in row["sweeps"]:
+            if sweep not in settings["sweeps"]:
+                raise ConfigError(f"{where}.sweeps: no sweep {sweep!r} in `sweeps`")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(path: str, scale: str | None) -> dict:
+    params = load_params(path)
+    return resolve(params, scale, Path(path).parent)
+
+
+def settings_for(scale: str | None = None, path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Resolved settings read from disk (cached per process); what jobs and rules both call."""
+    return copy.deepcopy(_cached(str(path), scale))
+
+
+def experiment(settings: dict, name: str) -> dict[str, Any]:
+    if name not in settings["experiments"]:
+        raise KeyError(
+            f"experiment {name!r} does not run at scale {settings['scale']!r}; "
+            f"known: {sorted(settings['experiments'])}"
+        )
+    return settings["experiments"][name]
+
+
+# ---- what each job reads (and what its rule passes as params) --------------------------------
+
+
+def prepare_settings(settings: dict, dataset: str) -> dict[str, Any]:
+    return {"dataset": dataset, "data": settings["datasets"][dataset], "seed": settings["seed"]}
+
+
+def fit_settings(settings: dict, name: str) -> dict[str, Any]:
+    """Everything training reads: the row, its variant with the architecture resolved, data."""
+    row = experiment(settings, name)
+    variant = dict(row["variant"])
+    if "arch" in variant:
+        variant["architecture"] = settings["architectures"][variant["arch"]]
+    return {
+        "experiment": name,
+        "dataset": row["dataset"],
+        "method": row["method"],
+        "variant": variant,
+        "train": settings["train"][row["dataset"]],
+        "data": settings["datasets"][row["dataset"]],
+        "seed": settings["seed"],
+    }
+
+
+def reconstruct_settings(settings: dict, name: str) -> dict[str, Any]:
+    """What the evaluation of one experiment reads: method, data and its protocols' settings."""
+    row = experiment(settings, name)
+    out: dict[str, Any] = {
+        "experiment": name,
+        "dataset": row["dataset"],
+        "method": row["method"],
+        "variant": row["variant"],
+        "protocols": row["protocols"],
+        "data": settings["datasets"][row["dataset"]],
+        "seed": settings["seed"],
+    }
+    evaluate = settings["evaluate"][row["dataset"]]
+    out["evaluate"] = dict(evaluate)
+    if "posterior" in row["protocols"]:
+        out["evaluate"]["sample_counts"] = settings["evaluate"]["sample_counts"]
+    else:  # point estimates: no samples, so only the image count matters
+        out["evaluate"] = {"num_images": evaluate["num_images"]}
+    return out
+
+
+def sweep_settings(settings: dict, sweep: str, name: str) -> dict[str, Any]:
+    """A sweep on one experiment: the sweep's settings and the evaluation settings it reuses."""
+    row = experiment(settings, name)
+    if sweep not in row["sweeps"]:
+        raise KeyError(f"experiment {name!r} lists no sweep {sweep!r} (sheet: {row['sweeps']})")
+    evaluate = settings["evaluate"][row["dataset"]]
+    return {
+        "experiment": name,
+        "sweep": sweep,
+        "dataset": row["dataset"],
+        "method": row["method"],
+        "variant": row["variant"],
+        "data": settings["datasets"][row["dataset"]],
+        "settings": settings["sweeps"][sweep],
+        "clip": evaluate.get("clip"),
+        "seed": settings["seed"],
+    }
+
+
+def resources(settings: dict, kind: str) -> dict[str, int]:
+    table = settings["resources"]
+    return {**table["default"], **table.get(kind, {})}

@@ -1,13 +1,14 @@
+import json
 import os
 import sys
-from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-
-validate(config, "../schemas/params.schema.yaml")
+from genrecon import config as genrecon_config
+from genrecon.config import ConfigError
+from genrecon.data.registry import dataset as dataset_of
+from genrecon.methods import method_class
 
 # Jobs read params.yaml themselves (as DVC does), so --config may only choose the scale:
 # any other override would be ignored by the jobs and the report would misstate its settings.
@@ -26,23 +27,27 @@ envvars:
 
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.getenv("PATH")]))
 
-SCALE = config["scale"]
-S = config[SCALE]
+# Strict schema, overlays and every cross-reference of the sheet, checked once at startup.
+try:
+    SETTINGS = genrecon_config.resolve(config, config["scale"])
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+SCALE = SETTINGS["scale"]
 RESULTS = f"results/{SCALE}"
 # The default scale's report is results/report; another scale's sits in its own results folder,
 # so a smoke run and a paper run on one machine never overwrite each other's report.
 REPORT = "results/report" if SCALE == "smoke" else f"{RESULTS}/report"
 LOGS = f"results/logs/{SCALE}"
 
-MODELS = list(S["models"])
-LODOPAB_MODELS = [m for m in MODELS if S["models"][m]["dataset"] == "lodopab"]
-MNIST_FILES = [
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-]
-DATASETS = sorted({S["models"][m]["dataset"] for m in MODELS})
+EXPERIMENTS = SETTINGS["experiments"]
+TRAINABLE = [e for e, row in EXPERIMENTS.items() if method_class(row["method"]).trainable]
+DATASETS = sorted({row["dataset"] for row in EXPERIMENTS.values()})
+SWEEPS = [(s, e) for e, row in EXPERIMENTS.items() for s in row["sweeps"]]
+
+
+def as_params(settings):
+    """A job's settings as a stable string: Snakemake reruns the job when it changes."""
+    return json.dumps(settings, sort_keys=True)
 
 
 def data_root(dataset):
@@ -53,30 +58,49 @@ def manifest(dataset):
     return f"{data_root(dataset)}/MANIFEST.json"
 
 
-def model_dataset(wildcards):
-    return S["models"][wildcards.model]["dataset"]
+def prepare_inputs(wildcards):
+    """What the data step reads: the download receipt (real data) or vendored files."""
+    ds = dataset_of(wildcards.dataset, SETTINGS)
+    if ds.needs_download():
+        return [f"{data_root(wildcards.dataset)}/download.json"]
+    return ds.vendored_inputs()
 
 
-def model_manifest(wildcards):
+def experiment_manifest(wildcards):
     # ancient(): `dvc pull` resets mtimes; a restored dataset must not retrain every model.
-    return ancient(manifest(model_dataset(wildcards)))
+    return ancient(manifest(EXPERIMENTS[wildcards.experiment]["dataset"]))
 
 
-def model_params(wildcards):
-    entry = S["models"][wildcards.model]
-    return {
-        "model": entry,
-        "arch": S["architectures"][entry["arch"]],
-        "train": S["train"][entry["dataset"]],
-        "data": S["datasets"][entry["dataset"]],
-        "seed": config["seed"],
-    }
+def checkpoint(wildcards):
+    """The trained model an experiment's evaluation and sweeps read (none for classical)."""
+    if wildcards.experiment in TRAINABLE:
+        return [f"{RESULTS}/models/{wildcards.experiment}/best.pt"]
+    return []
+
+
+def checkpoint_flag(wildcards, input):
+    return f"--checkpoint {input.checkpoint}" if input.checkpoint else ""
 
 
 def resource(kind, key):
-    table = S["resources"]
-    return table.get(kind, table["default"]).get(key, table["default"][key])
+    return genrecon_config.resources(SETTINGS, kind)[key]
 
 
 wildcard_constraints:
-    model="|".join(MODELS),
+    dataset="|".join(DATASETS),
+    experiment="|".join(EXPERIMENTS),
+    sweep="|".join(SETTINGS["sweeps"]),
+
+
+# The report's table spec, checked against the sheet (every scale) and the paper numbers.
+from genrecon.report import load_spec, page_inputs, required_inputs, sheet_by_scale
+from genrecon.report.spec import SpecError, load_yaml, validate_tables
+
+TABLES_FILE = "config/tables.yaml"
+PAPER_FILE = "reference/paper_results.yaml"
+try:
+    TABLES = load_spec(TABLES_FILE)
+    validate_tables(TABLES, sheet_by_scale(config), load_yaml(PAPER_FILE))
+except (SpecError, ConfigError) as error:
+    raise WorkflowError(str(error)) from None
+NOTEBOOKS = list(TABLES["pages"])

@@ -10,9 +10,12 @@ import gzip
 import struct
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from genrecon.data.base import Dataset, Split, register_dataset, write_manifest
 from genrecon.data.download import download
+from genrecon.physics.cs import GaussianCS
 
 MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MD5 = {
@@ -101,3 +104,76 @@ def prepare(source_dir: Path, dest: Path, source: str, sizes: dict, seed: int) -
 def load_images(root: Path, split: str) -> np.ndarray:
     """Images of one split scaled to [0, 1], float32 (n, 28, 28)."""
     return read_idx(Path(root) / f"{split}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+
+
+VENDORED = Path("vendor/mnist")
+
+
+@register_dataset("mnist")
+class MNIST(Dataset):
+    """MNIST compressed sensing (seed 000 Sec. 3.1): y = A x + 10% relative noise, m = 196.
+
+    Cached conditioning inputs: the pseudo-inverse A^+ y (`pinv`) and the Tikhonov-gradient
+    solution (A^T A + lam grad^T grad)^-1 A^T y (`tikhonov`; the paper's "TV"), in cs.hdf5.
+    """
+
+    conditionings = ("pinv", "tikhonov")
+
+    def needs_download(self) -> bool:
+        return self.cfg["source"] == "download"
+
+    def download(self, root: Path) -> dict:
+        download_mnist(Path(root) / "raw")
+        return {"files": {name: {"md5": md5} for name, md5 in MD5.items()}, "mirror": MIRROR}
+
+    def vendored_inputs(self) -> list[str]:
+        if self.cfg["source"] != "embedded":
+            return []
+        return [str(VENDORED / name) for name in MD5 if name.startswith("t10k")]
+
+    def prepare(self, root: Path) -> None:
+        """IDX splits, then the compressed-sensing measurements and both conditioning inputs."""
+        root = Path(root)
+        raw = VENDORED if self.cfg["source"] == "embedded" else root / "raw"
+        prepare(raw, root, self.cfg["source"], self.cfg["splits"], self.seed)
+        cs_cfg = self.cfg["cs"]
+        operator = GaussianCS.create(cs_cfg["m"], 28, self.seed)
+        inversions = {
+            kind: operator.inversion(kind, cs_cfg["tikhonov_lambda"]) for kind in self.conditionings
+        }
+        with h5py.File(root / "cs.hdf5", "w") as f:
+            f.create_dataset("A", data=operator.matrix, track_times=False)
+            for split_index, split in enumerate(("train", "validation", "test")):
+                images = load_images(root, split).astype(np.float64)
+                rng = np.random.default_rng([self.seed, 100 + split_index])
+                y = operator.measure(images, cs_cfg["noise_rel"], rng)
+                f.create_dataset(f"{split}/y", data=y.astype(np.float32), track_times=False)
+                for kind, matrix in inversions.items():
+                    reco = (y @ matrix.T).reshape(-1, 28, 28).astype(np.float32)
+                    f.create_dataset(f"{split}/{kind}", data=reco, track_times=False)
+        write_manifest(root, {"dataset": "mnist", "config": self.cfg})
+
+    def split(self, root: Path, split: str, limit: int | None = None, lazy: bool = False) -> Split:
+        root = Path(root)
+        truth = load_images(root, split)[:limit]
+        with h5py.File(root / "cs.hdf5", "r") as f:
+            missing = [k for k in ("y", *self.conditionings) if f"{split}/{k}" not in f]
+            if missing:
+                raise KeyError(f"{root / 'cs.hdf5'}: no {split}/{missing[0]} (prepare it again)")
+            y = f[f"{split}/y"][: len(truth)].astype(np.float32)
+            cond = {
+                k: f[f"{split}/{k}"][: len(truth)].astype(np.float32) for k in self.conditionings
+            }
+        return Split(truth.astype(np.float32), y, cond)
+
+    def physics(self, root: Path):
+        from genrecon.physics.cs import GaussianCSPhysics
+
+        with h5py.File(Path(root) / "cs.hdf5", "r") as f:
+            matrix = f["A"][:]
+        return GaussianCSPhysics(matrix, 28, noise_rel=self.cfg["cs"]["noise_rel"])
+
+    def describe(self, scale: str) -> str:
+        if self.cfg["source"] == "embedded":
+            return f"smoke: real MNIST t10k split, {self.cfg['splits']['train']} train images"
+        return "MNIST"

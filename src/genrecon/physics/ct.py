@@ -11,6 +11,10 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genrecon.physics.base import LinearPhysics, register_physics
 
 # Physical constants of the LoDoPaB simulation (Leuschner et al. 2021; see README attribution).
 LODOPAB_HALF_WIDTH_M = 0.13
@@ -125,3 +129,106 @@ def torch_ray_transform(geometry: CTGeometry):
     from odl.contrib.torch import OperatorModule
 
     return OperatorModule(ray_transform(geometry))
+
+
+@register_physics("ct")
+class CTPhysics(LinearPhysics):
+    """LoDoPaB-style low-dose parallel-beam CT as a batched, differentiable torch operator.
+
+    Images are (b, n, n) in units of mu_max (ground truth in [0, 1]); measurements are post-log
+    sinograms (b, num_angles, detector_pixels), so that the observation is ~ A x as in LoDoPaB.
+
+    - `A`: the ray transform `ray_transform(geometry)` through ODL's torch bridge (its autograd
+      backward is already the Euclidean transpose).
+    - `A_adjoint`: ODL's adjoint rescaled by domain.cell_volume / range.cell_volume: ODL's adjoint
+      is taken w.r.t. cell-volume-weighted inner products, the contract wants the plain sums.
+      astra_cpu's projector/backprojector pair is adjoint to float32 rounding (~5e-8 relative);
+      astra_cuda's backprojector only approximately (tests/test_physics.py::ct_adjoint_bound).
+    - `A_dagger`: FBP with `fbp_filter` / `frequency_scaling`: an approximate inverse, not the
+      pseudo-inverse (`dagger_is_pseudo_inverse = False`).
+    - `noise`: LoDoPaB's Poisson model on post-log data (`photons` = N0, `mu_max`), see `noise`.
+    - `measure`: with `upsample > 1` the clean data come from the order-1 upsampled image on an
+      `upsample`-times finer grid (LoDoPaB avoids the inverse crime that way), as
+      `simulate_lowdose` does; `A` stays the coarse operator a reconstruction uses.
+
+    ODL works on CPU numpy arrays in float32: inputs are computed there and the results come back
+    on the device and in the dtype of the input. With a GPU, astra's CUDA projector is used
+    (`astra_impl`).
+    """
+
+    dagger_is_pseudo_inverse = False
+
+    def __init__(
+        self,
+        image_size: int,
+        num_angles: int,
+        photons: float = 4096,
+        upsample: int = 1,
+        fbp_filter: str = "Hann",
+        frequency_scaling: float = 0.641025641,
+        mu_max: float = LODOPAB_MU_MAX,
+    ) -> None:
+        from odl.contrib.torch import OperatorModule
+
+        self.geometry = CTGeometry(image_size, num_angles)
+        self.photons = float(photons)
+        self.mu_max = float(mu_max)
+        #: counts are floored at this many photons before the log (LoDoPaB: 0.1)
+        self.min_counts = LODOPAB_MIN_PHOTON_FRACTION
+        self.upsample = int(upsample)
+        self.fbp_filter = fbp_filter
+        self.frequency_scaling = float(frequency_scaling)
+        operator = ray_transform(self.geometry)
+        self.ray_transform = operator
+        self.in_shape = tuple(operator.domain.shape)
+        self.out_shape = tuple(operator.range.shape)
+        #: ODL's adjoint times this factor is the Euclidean transpose of A
+        self.adjoint_scaling = float(operator.domain.cell_volume / operator.range.cell_volume)
+        self._forward = OperatorModule(operator)
+        self._adjoint = OperatorModule(operator.adjoint)
+        self._fbp = OperatorModule(fbp_operator(self.geometry, fbp_filter, self.frequency_scaling))
+        self._fine = (
+            OperatorModule(ray_transform(self.geometry, self.upsample))
+            if self.upsample > 1
+            else self._forward
+        )
+
+    @staticmethod
+    def _run(module, x: torch.Tensor) -> torch.Tensor:
+        """Apply an ODL bridge module in float32 on CPU; return on x's device and in x's dtype."""
+        return module(x.to(device="cpu", dtype=torch.float32)).to(device=x.device, dtype=x.dtype)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self._forward, x)
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self._run(self._adjoint, y) * self.adjoint_scaling
+
+    def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        return self._run(self._fbp, y)
+
+    def simulate_clean(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise-free data of the simulation: A x, or the fine-grid projection when upsampling."""
+        if self.upsample == 1:
+            return self.A(x)
+        n = self.geometry.image_size
+        flat = x.reshape(-1, 1, n, n)
+        # order-1 resampling, equal (to float rounding) to skimage's resize in upsample_order1
+        fine = F.interpolate(flat, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+        fine = fine.reshape(*x.shape[:-2], n * self.upsample, n * self.upsample)
+        return self._run(self._fine, fine)
+
+    def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.noise(self.simulate_clean(x), generator)
+
+    def noise(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Post-log Poisson noise: counts ~ Poisson(N0 exp(-mu_max y)), floored at `min_counts`.
+
+        Returns -log(counts / N0) / mu_max. Counts are drawn in float64 on the generator's device
+        (CPU unless a CUDA generator is passed), so a seed gives the same noise on every device.
+        """
+        device = generator.device if generator is not None else y.device
+        rate = self.photons * torch.exp(-self.mu_max * y.detach().to(device, torch.float64))
+        counts = torch.poisson(rate, generator=generator).clamp_min(self.min_counts)
+        noisy = -torch.log(counts / self.photons) / self.mu_max
+        return noisy.to(device=y.device, dtype=y.dtype)

@@ -1,0 +1,176 @@
+"""One interface for every dataset: prepare in the real format, read splits, name its physics.
+
+Why: the pipeline (rules, CLI, evaluation, report) must not branch on dataset names. A dataset
+module registers one `Dataset` subclass that knows
+- how to get the data (`download`, where the real data must be fetched) and write it in its real
+  on-disk format (`prepare`), with a MANIFEST.json of sha256 digests for provenance;
+- its splits as `Split` objects: ground truth x, measurements y, and the cached conditioning
+  inputs (FBP, A^+ y, Tikhonov, zero-filled IFFT), computed once at preparation because they
+  never change during training;
+- the forward operator (`physics`) its measurements come from;
+- its metric convention (`metrics`): e.g. dival's per-slice data range for LoDoPaB, fastMRI's
+  per-volume maximum for knees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from genrecon import metrics as metric_functions
+from genrecon.physics.base import LinearPhysics
+
+MANIFEST = "MANIFEST.json"
+
+
+@dataclass
+class Split:
+    """One split: x (n, ...), y (n, ...) and named conditioning inputs (n, ...), float32.
+
+    Arrays may be numpy arrays or read-on-demand stacks (LazySplit, h5py datasets) that accept
+    integer arrays and slices, so paper-scale LoDoPaB never has to fit in memory.
+    """
+
+    x: Any
+    y: Any
+    cond: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        meta = {"index": index, "cond": {k: np.asarray(v[index]) for k, v in self.cond.items()}}
+        return np.asarray(self.x[index]), np.asarray(self.y[index]), meta
+
+    def conditioning(self, name: str | None) -> Any:
+        if name is None:
+            return None
+        if name not in self.cond:
+            raise KeyError(f"no conditioning input {name!r} in this split; has {sorted(self.cond)}")
+        return self.cond[name]
+
+
+class TrainingPairs:
+    """(x, conditioning input) batches of a split for the training loop (`batch(indices)`)."""
+
+    def __init__(self, split: Split, conditioning: str | None):
+        self.x = split.x
+        self.cond = split.conditioning(conditioning)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {"x": _take(self.x, indices)}
+        if self.cond is not None:
+            out["cond"] = _take(self.cond, indices)
+        return out
+
+
+def _take(stack: Any, indices: np.ndarray) -> torch.Tensor:
+    """stack[indices] as a float32 tensor; on-disk stacks read sorted, unique indices."""
+    if isinstance(stack, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(stack[indices], dtype=np.float32))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    return torch.from_numpy(np.asarray(stack[unique], dtype=np.float32)[inverse])
+
+
+class Dataset:
+    """A dataset of the pipeline; subclasses register with `register_dataset`."""
+
+    name: ClassVar[str] = "dataset"
+    #: the cached conditioning inputs the data step writes, by name
+    conditionings: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: dict, seed: int):
+        self.cfg = cfg
+        self.seed = seed
+
+    # ---- getting the data ----------------------------------------------------------------
+    def needs_download(self) -> bool:
+        """Whether `prepare` needs `download` to have run first (real data at paper scale)."""
+        return False
+
+    def download(self, root: Path) -> dict:
+        """Fetch the real files into `root` (resumable, checksummed); returns a receipt."""
+        raise NotImplementedError(
+            f"{self.name}: source {self.cfg.get('source')!r} downloads nothing"
+        )
+
+    def vendored_inputs(self) -> list[str]:
+        """Files of the repository that `prepare` reads (embedded data), for the rule's inputs."""
+        return []
+
+    def prepare(self, root: Path) -> None:
+        raise NotImplementedError
+
+    # ---- reading it ----------------------------------------------------------------------
+    def split(self, root: Path, split: str, limit: int | None = None, lazy: bool = False) -> Split:
+        raise NotImplementedError
+
+    def physics(self, root: Path) -> LinearPhysics:
+        raise NotImplementedError
+
+    def metrics(self, reconstructions: np.ndarray, truths: np.ndarray) -> list[dict[str, float]]:
+        """Per-image PSNR/SSIM; default: data range max - min of each ground truth (dival)."""
+        return metric_functions.per_image(reconstructions, truths)
+
+    def describe(self, scale: str) -> str:
+        """What our numbers were measured on, in words (smoke data never passes as real)."""
+        return self.name
+
+
+def manifest_path(root: Path) -> Path:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: dataset not prepared (run `snakemake` or `genrecon prepare`)"
+        )
+    return path
+
+
+def write_manifest(root: Path, extra: dict | None = None) -> Path:
+    """sha256 of every file below `root`: runs log its hash as the data version they read."""
+    files = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.name != MANIFEST)
+    digests = {}
+    for path in tqdm(files, desc=f"hash {root}"):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests[str(path.relative_to(root))] = h.hexdigest()
+    out = Path(root) / MANIFEST
+    out.write_text(json.dumps({"files": digests, **(extra or {})}, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+_REGISTRY: dict[str, type[Dataset]] = {}
+
+
+def register_dataset(name: str) -> Callable[[type[Dataset]], type[Dataset]]:
+    def wrap(cls: type[Dataset]) -> type[Dataset]:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_datasets() -> dict[str, type[Dataset]]:
+    return dict(_REGISTRY)
+
+
+def lookup(name: str) -> type[Dataset]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]

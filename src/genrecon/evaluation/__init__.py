@@ -1,0 +1,1 @@
+"""Evaluation protocols: posterior mean/std, point estimates, sweeps (see protocols.py)."""

@@ -1,1 +1,0 @@
-"""Posterior estimates from trained flows: conditional mean / std, sample refinement."""

@@ -1,0 +1,162 @@
+"""The multi-scale cINN (seed 000 Sec. 2.8, seed 001) as a `Method` and a trainable model.
+
+- `CINNModel`: the flow of models/cinn.py plus its training loss (per-image NLL per dimension
+  in nats, with optional training noise), the contract of `genrecon.training`.
+- `CINN`: the registered method "cinn". Its variant is the experiment row's settings (which
+  architecture, base distribution, training noise, which conditioning input). It samples the
+  posterior per image with a generator seeded by (seed, image index), so numbers do not depend on
+  batch sizes, and refines a sample by the variational reconstruction of seed 000 Eq. 22
+  (`refine`), with the cINN as the conditional prior.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from genrecon.methods.base import PosteriorSampler, register_method
+from genrecon.models.cinn import build_model
+from genrecon.physics.base import LinearPhysics
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of image `index`'s posterior draws: the same on every device and batch."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+class CINNModel(nn.Module):
+    """A cINN with its training loss; built from a JSON-serialisable `spec`."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        self.spec = spec
+        self.flow = build_model(
+            spec["architecture"], spec["image_size"], spec["base"], spec["seed"]
+        )
+        self.train_noise = float(spec.get("train_noise", 0.0))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
+        """NLL per dimension of each image (nats); training noise only when `generator` is given."""
+        x, cond = batch["x"], batch["cond"]
+        if generator is not None and self.train_noise > 0:
+            x = x + self.train_noise * torch.randn(x.shape, generator=generator)
+        return self.flow.nll_per_dim(x.to(self.device), cond.to(self.device))
+
+
+class CINNPrior:
+    """-log p(x | y) of a trained cINN given the conditioning input: Eq. 22's regulariser."""
+
+    def __init__(self, model: CINNModel):
+        self.model = model
+
+    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return -self.model.flow.log_prob(x, cond)
+
+
+@register_method("cinn")
+class CINN(PosteriorSampler):
+    """Multi-scale conditional invertible network; `variant` = this constructor's arguments."""
+
+    trainable = True
+    uses_conditioning = True
+
+    def __init__(
+        self,
+        arch: str,
+        base: str = "normal",
+        train_noise: float = 0.0,
+        conditioning: str | None = None,
+    ):
+        self.arch = arch
+        self.base = base
+        self.train_noise = train_noise
+        self.conditioning = conditioning
+        self.model: CINNModel | None = None
+        self.seed = 0
+        self.batch_samples = 100
+
+    # ---- training ------------------------------------------------------------------------
+    def spec(self, fit: dict[str, Any], image_shape: tuple[int, ...]) -> dict[str, Any]:
+        """What rebuilds the model (stored as JSON beside every checkpoint), from the job's
+        settings (`config.fit_settings`) and the shape of one training image."""
+        return {
+            "kind": "cinn",
+            "architecture": fit["variant"]["architecture"],
+            "image_size": int(image_shape[-1]),
+            "base": self.base,
+            "train_noise": self.train_noise,
+            "conditioning": self.conditioning,
+            "seed": fit["seed"],
+        }
+
+    @staticmethod
+    def build(spec: dict[str, Any]) -> CINNModel:
+        return CINNModel(spec)
+
+    def attach(self, model: CINNModel, seed: int, settings: dict) -> CINN:
+        """Use a trained model; `seed` seeds the per-image draws, drawn in batches of
+        `settings["batch_samples"]` (default 100; the numbers do not depend on it)."""
+        self.model = model.eval()
+        self.seed = seed
+        self.batch_samples = int(settings.get("batch_samples", 100))
+        self.num_samples = int(settings.get("num_samples", self.num_samples))
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+    # ---- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        y: torch.Tensor,
+        physics: LinearPhysics,
+        cond: torch.Tensor | None,
+        index: int,
+        num: int,
+    ) -> torch.Tensor:
+        """`num` posterior samples for one measurement, drawn `batch_samples` at a time."""
+        if self.model is None:
+            raise RuntimeError("cinn: no trained model attached (load a checkpoint first)")
+        generator = image_generator(self.seed, index)
+        cond = torch.as_tensor(cond).to(self.model.device)
+        return torch.cat(
+            [
+                self.model.flow.sample(cond, min(self.batch_samples, num - start), generator).cpu()
+                for start in range(0, num, self.batch_samples)
+            ]
+        )
+
+    def refine(
+        self,
+        y: torch.Tensor,
+        physics: LinearPhysics,
+        cond: torch.Tensor,
+        start: torch.Tensor,
+        lam: float,
+        steps: int,
+        lr: float,
+    ) -> torch.Tensor:
+        """Seed 000 Eq. 22: min ||A x - y||^2 + lam * NLL(x | y) from `start`, Adam, x >= 0."""
+        from genrecon.optim.fidelity import L2
+        from genrecon.optim.variational import variational_reconstruction
+
+        assert self.model is not None
+        model = self.model.cpu()  # the ODL/astra bridge works on CPU tensors
+        return variational_reconstruction(
+            physics,
+            y,
+            L2(half=False),
+            CINNPrior(model) if lam > 0 else None,
+            lam,
+            x0=start,
+            cond=cond,
+            steps=steps,
+            lr=lr,
+            lower=0.0,
+        )

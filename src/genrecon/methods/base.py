@@ -1,0 +1,136 @@
+"""What every reconstruction method offers, whatever kind it is.
+
+The five papers hold two kinds of method (DESIGN.md): amortised posterior samplers (cINN, iUNet,
+SNF) trained on pairs, and learned priors used inside an iterative reconstruction (VAE, Glow,
+patchNR); classical baselines (FBP, pseudo-inverse, least squares, TV) need no training. The
+evaluation protocols only ever call `reconstruct`, so they need not know which kind they hold.
+
+- `Method.reconstruct(y, physics, cond=..., indices=...) -> Estimate`: a point estimate for a
+  batch of measurements, plus posterior samples when the method draws them. `cond` is the
+  dataset's cached conditioning input (FBP, A^+ y, Tikhonov, zero-filled) where a method
+  uses one; `indices` are the images' positions in their split, which seed per-image random
+  draws so that numbers do not depend on batch sizes or on which images are evaluated together.
+- `Prior.nll(x, cond=None)`: a negative log-likelihood per image, the regulariser of a
+  variational reconstruction (`genrecon.optim.variational`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from genrecon.physics.base import LinearPhysics
+
+
+@dataclass
+class Estimate:
+    """A method's answer for a batch: `point` (b, *image); `samples` (b, k, *image) if drawn.
+
+    `extras` holds further per-image estimates a protocol may report beside the point
+    estimate (e.g. `clipped_mean`, `std`), each (b, *image).
+    """
+
+    point: torch.Tensor
+    samples: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """A reconstruction method: `fit` where it learns, `reconstruct` always."""
+
+    name: ClassVar[str] = "method"
+    #: whether the method has a training stage (`genrecon fit`) before it can reconstruct
+    trainable: ClassVar[bool] = False
+    #: whether it reads one of the dataset's cached conditioning inputs (FBP, A^+ y, ...)
+    uses_conditioning: ClassVar[bool] = False
+    #: which one (e.g. "fbp"); None: the dataset's first, when `uses_conditioning`
+    conditioning: str | None = None
+
+    def attach(self, model: torch.nn.Module, seed: int, settings: dict) -> Method:
+        """Trainable methods: use a trained model; `settings` are the job's protocol settings."""
+        raise NotImplementedError(f"{self.name} has no trained model to attach")
+
+    def reconstruct(
+        self,
+        y: torch.Tensor,
+        physics: LinearPhysics,
+        cond: torch.Tensor | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> Estimate:
+        raise NotImplementedError
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """A learned (or hand-made) regulariser: negative log-likelihood of each image."""
+
+    def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+_REGISTRY: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method constructible by name from an experiment row."""
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_methods() -> dict[str, Callable[..., Method]]:
+    return dict(_REGISTRY)
+
+
+def method_class(name: str) -> Callable[..., Method]:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+class PosteriorSampler(Method):
+    """An amortised sampler: draws x ~ p(x | y) in one pass (cINN, iUNet, SNF).
+
+    Subclasses implement `sample` for one measurement with a per-image generator; the point
+    estimate of `reconstruct` is the conditional mean of `num_samples` samples (seed 000 Eq. 7),
+    the mean of the unclipped samples: the papers' estimator.
+    """
+
+    num_samples: int = 100
+
+    def sample(
+        self,
+        y: torch.Tensor,
+        physics: LinearPhysics,
+        cond: torch.Tensor | None,
+        index: int,
+        num: int,
+    ) -> torch.Tensor:
+        """`num` samples (num, *image) for ONE measurement, seeded by its split `index`."""
+        raise NotImplementedError
+
+    def reconstruct(
+        self,
+        y: torch.Tensor,
+        physics: LinearPhysics,
+        cond: torch.Tensor | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> Estimate:
+        indices = list(range(len(y))) if indices is None else list(indices)
+        samples = torch.stack(
+            [
+                self.sample(
+                    y[i], physics, None if cond is None else cond[i], index, self.num_samples
+                )
+                for i, index in enumerate(indices)
+            ]
+        )
+        return Estimate(samples.mean(1), samples, {"std": samples.std(1)})
