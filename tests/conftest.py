@@ -23,6 +23,7 @@ def tiny_lodopab_cfg() -> dict:
         "slices_per_file": 4,
         "splits": {"train": 6, "validation": 3, "test": 2},
         "fbp": {"filter": "Hann", "frequency_scaling": 0.641025641},
+        "conditioning_fbp": {"filter": "Hann", "frequency_scaling": 1.0},
     }
 
 

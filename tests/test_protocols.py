@@ -35,6 +35,7 @@ def ct(tmp_path_factory):
         "slices_per_file": 4,
         "splits": {"train": 8, "validation": 4, "test": 4},
         "fbp": {"filter": "Hann", "frequency_scaling": 0.641025641},
+        "conditioning_fbp": {"filter": "Hann", "frequency_scaling": 1.0},
     }
     arch = {
         "levels": 2,

@@ -130,7 +130,10 @@ def test_fingerprint_covers_the_trajectory_but_not_steps():
     base = fingerprint(fingerprint_inputs(SPEC, CFG, 0, None))
     cfg = training.settings(CFG)
     for key in set(cfg) - {"steps", "loader_workers"}:
-        changed = {**cfg, key: 7 if cfg[key] is None else cfg[key] * 2 + 1}
+        if isinstance(cfg[key], str):
+            changed = {**cfg, key: cfg[key] + "-changed"}
+        else:
+            changed = {**cfg, key: 7 if cfg[key] is None else cfg[key] * 2 + 1}
         assert fingerprint(fingerprint_inputs(SPEC, changed, 0, None)) != base, key
     for inputs in (
         fingerprint_inputs({**SPEC, "dim": 7}, CFG, 0, None),
@@ -239,3 +242,13 @@ def test_unreadable_last_checkpoint_is_not_overwritten(tmp_path):
     with pytest.raises(CheckpointError, match="last.pt cannot be resumed.*Delete"):
         run(tmp_path, 10)
     assert (tmp_path / "last.pt").read_bytes() == kept
+
+
+def test_constant_schedule_keeps_the_learning_rate(tmp_path):
+    """schedule: constant (seed 000 App. A.2's fixed lr) never decays, even on a plateau."""
+    lrs = {}
+    for schedule in ("plateau", "constant"):
+        run(tmp_path / schedule, 15, plateau_threshold=1e4, plateau_patience=0, schedule=schedule)
+        lrs[schedule] = {float(r.split(",")[3]) for r in _history(tmp_path / schedule)[1:]}
+    assert len(lrs["plateau"]) > 1  # every validation is a plateau here: the lr drops
+    assert len(lrs["constant"]) == 1

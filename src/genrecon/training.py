@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     # relative threshold flips its meaning on a negative loss, so the authors stepped on
     # bits/dim + 8, i.e. offset 8 ln 2 nats/dim (relative thresholds are scale-free)
     "plateau_offset": 0.0,
+    # "constant": keep the learning rate fixed (seed 000 App. A.2 trains MNIST at a fixed 1e-4)
+    "schedule": "plateau",
     "loader_workers": 0,
     "val_batch_size": 64,
     "amp": None,  # None: bf16 autocast on CUDA, off on the CPU
@@ -539,7 +541,8 @@ def fit(
                 val = _validation_loss(
                     model, val_reader, len(val_data), device, cfg["val_batch_size"], autocast
                 )
-                scheduler.step(val + cfg["plateau_offset"])
+                if cfg["schedule"] == "plateau":
+                    scheduler.step(val + cfg["plateau_offset"])
                 row = {
                     "step": step,
                     "train_bpd": bits_per_dim(float(np.mean(running))),

@@ -118,9 +118,14 @@ def generate_synthetic(root: Path, cfg: dict, seed: int) -> None:
 
 
 def compute_fbp(root: Path, out: Path, cfg: dict) -> None:
-    """FBP of every observation, once: the conditioning input never changes during training."""
+    """FBP of every observation, once: the conditioning input never changes during training.
+
+    Its filter is `conditioning_fbp` (the authors' cINN input: Hann, frequency scaling 1.0), not
+    `fbp`, the tuned reference FBP (scaling 0.641) that the FBP baseline row uses.
+    """
     geometry = CTGeometry(cfg["image_size"], cfg["num_angles"])
-    op = fbp_operator(geometry, cfg["fbp"]["filter"], cfg["fbp"]["frequency_scaling"])
+    settings = cfg["conditioning_fbp"]
+    op = fbp_operator(geometry, settings["filter"], settings["frequency_scaling"])
     size = cfg["image_size"]
     with h5py.File(out, "w") as f:
         for split in SPLITS:
@@ -170,7 +175,8 @@ def download_zenodo(root: Path, record: int, api: str = ZENODO_API) -> None:
 class LoDoPaB(Dataset):
     """LoDoPaB-CT: the Zenodo files at paper scale, LoDoPaB-format phantoms at smoke scale.
 
-    y is the post-log observation divided by mu_max; the cached conditioning input is the FBP.
+    y is the post-log observation divided by mu_max; the cached conditioning input `fbp` is the
+    FBP with the `conditioning_fbp` filter; the physics' A_dagger is the reference FBP (`fbp`).
     """
 
     conditionings = ("fbp",)
