@@ -29,15 +29,19 @@ def tiny_lodopab_cfg() -> dict:
 
 @pytest.fixture
 def tiny_arch() -> dict:
+    """Every piece of the cINN at a size where a float64 Jacobian is cheap (8x8 images):
+    learned downsampling, unconditioned couplings + ActNorm, a split, conditioned 1x1 and 3x3
+    sections, the dense section."""
     return {
         "levels": 2,
+        "cond_levels": 2,
         "blocks_per_level": 2,
-        "cond_channels": [4, 8],
+        "uncond_blocks": 1,
+        "cond_channels": [2, 4, 4],
         "cond_features": 4,
-        "dense_dim": 8,
+        "dense_dim": 16,
         "dense_cond": 4,
-        "hidden": 8,
-        "split": True,
+        "dense_blocks": 2,
     }
 
 

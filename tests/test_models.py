@@ -28,7 +28,7 @@ def _float64(model):
 
     Fm.Fixed1x1Conv computes M^-1 and log|det M| once, in float32, when the model is built; cast
     to float64 they are off by ~1e-7 per pixel, which over a whole flow exceeds what a float64
-    log-determinant check should tolerate (this made the simple-layout check fail by 1.4e-6).
+    log-determinant check should tolerate (this once made the check fail by 1.4e-6).
     """
     model = model.double()
     with torch.no_grad():
@@ -38,52 +38,6 @@ def _float64(model):
                 module.M_inv.copy_(stored.inverse()[:, :, None, None])
                 module.logDetM.copy_(torch.linalg.slogdet(stored)[1])
     return model
-
-
-@pytest.mark.parametrize("downsampling", ["haar", "irevnet"])
-@pytest.mark.parametrize("size", [16, 14])  # 14 is padded to 16
-def test_cinn_roundtrip(tiny_arch, size, downsampling):
-    torch.manual_seed(0)
-    model = _perturbed(build_model({**tiny_arch, "downsampling": downsampling}, size, "normal", 0))
-    x, c = torch.rand(3, size, size), torch.rand(3, size, size)
-    z, _ = model.encode(x, c)
-    cond = model.cond_net(model.pad(c))
-    back, _ = model.flow(z, c=cond, rev=True)
-    torch.testing.assert_close(model.crop(back), x, atol=1e-5, rtol=1e-5)
-
-
-def test_cinn_logdet_matches_autograd(tiny_arch):
-    torch.manual_seed(0)
-    model = _float64(_perturbed(build_model(tiny_arch, 8, "normal", 0)))
-    x, c = torch.rand(1, 8, 8, dtype=torch.float64), torch.rand(1, 8, 8, dtype=torch.float64)
-    cond = model.cond_net(model.pad(c))
-    _, logdet = model.flow(model.pad(x), c=cond, jac=True)
-
-    def f(flat):
-        z, _ = model.flow(flat.reshape(1, 1, 8, 8), c=cond, jac=False)
-        return z.reshape(-1)
-
-    jacobian = torch.autograd.functional.jacobian(f, x.reshape(-1))
-    _, expected = torch.linalg.slogdet(jacobian)
-    assert logdet.item() == pytest.approx(expected.item(), abs=1e-6)
-
-
-def test_model_is_rebuilt_identically(tiny_arch):
-    """Checkpoints load into a fresh build: same parameter names, same fixed permutations."""
-    a = build_model(tiny_arch, 16, "normal", 3).state_dict()
-    b = build_model(tiny_arch, 16, "normal", 3).state_dict()
-    assert list(a) == list(b)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key])
-
-
-def test_sampling_is_seeded_and_shaped(tiny_arch):
-    model = build_model(tiny_arch, 14, "radial", 0).eval()
-    c = torch.rand(14, 14)
-    a = model.sample(c, 5, torch.Generator().manual_seed(3))
-    b = model.sample(c, 5, torch.Generator().manual_seed(3))
-    assert a.shape == (5, 14, 14)
-    torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -128,16 +82,14 @@ def test_unknown_base_is_named():
         make_base("laplace")
 
 
-# --- layout "authors": the seed authors' multi-scale cINN (cinn_for_imaging) -----------------
+# --- the seed authors' multi-scale cINN (cinn_for_imaging) ---------------------------------
 
 # The paper-scale LoDoPaB model and the MNIST model as params.yaml is meant to hold them.
 AUTHORS_LODOPAB = {
-    "layout": "authors",
     "levels": 5,
     "cond_levels": 4,
     "blocks_per_level": 5,
     "uncond_blocks": 2,
-    "downsampling": "learned",
     "act_norm": True,
     "split": True,
     "cond_channels": [4, 16, 32, 64, 64, 32],
@@ -148,12 +100,10 @@ AUTHORS_LODOPAB = {
     "clamp": 1.5,
 }
 AUTHORS_MNIST = {
-    "layout": "authors",
     "levels": 2,
     "cond_levels": 2,
     "blocks_per_level": 2,
     "uncond_blocks": 0,
-    "downsampling": "learned",
     "act_norm": False,
     "split": False,
     "cond_channels": [4, 16, 32],
@@ -162,21 +112,6 @@ AUTHORS_MNIST = {
     "dense_cond": 64,
     "dense_blocks": 3,
     "clamp": 1.5,
-}
-# Every piece of the layout at a size where a float64 Jacobian is cheap: learned downsampling,
-# unconditioned couplings + ActNorm, a split, conditioned 1x1 and 3x3 sections, dense section.
-TINY_AUTHORS = {
-    "layout": "authors",
-    "levels": 2,
-    "cond_levels": 2,
-    "blocks_per_level": 2,
-    "uncond_blocks": 1,
-    "downsampling": "learned",
-    "cond_channels": [2, 4, 4],
-    "cond_features": 4,
-    "dense_dim": 16,
-    "dense_cond": 4,
-    "dense_blocks": 2,
 }
 
 
@@ -236,9 +171,9 @@ def test_authors_paper_scale_parameter_ledger():
 
 
 @pytest.mark.parametrize("size", [8, 6])  # 6 is padded to 8
-def test_authors_roundtrip(size):
+def test_cinn_roundtrip(tiny_arch, size):
     torch.manual_seed(0)
-    model = _ready(build_model(TINY_AUTHORS, size, "normal", 0), size).eval()
+    model = _ready(build_model(tiny_arch, size, "normal", 0), size).eval()
     x, c = torch.rand(3, size, size), torch.rand(3, size, size)
     z, _ = model.encode(x, c)
     cond = model.cond_net(model.pad(c))
@@ -246,9 +181,9 @@ def test_authors_roundtrip(size):
     torch.testing.assert_close(model.crop(back), x, atol=1e-5, rtol=1e-5)
 
 
-def test_authors_logdet_matches_autograd():
+def test_cinn_logdet_matches_autograd(tiny_arch):
     torch.manual_seed(0)
-    model = _float64(_ready(build_model(TINY_AUTHORS, 8, "normal", 0), 8))
+    model = _float64(_ready(build_model(tiny_arch, 8, "normal", 0), 8))
     downs = [m for m in model.blocks.values() if isinstance(m, LearnedInvertibleDownsampling)]
     assert downs and all(
         not torch.allclose(d.matrices()[0], haar_matrix(torch.float64)) for d in downs
@@ -290,14 +225,24 @@ def test_learned_downsampling_starts_at_haar_and_stays_orthogonal():
     torch.testing.assert_close(out.square().sum(), x.square().sum())  # orthogonal: norm kept
 
 
-def test_authors_model_is_rebuilt_identically():
-    a = build_model(TINY_AUTHORS, 8, "normal", 3).state_dict()
-    b = build_model(TINY_AUTHORS, 8, "normal", 3).state_dict()
+def test_model_is_rebuilt_identically(tiny_arch):
+    """Checkpoints load into a fresh build: same parameter names, same fixed permutations."""
+    a = build_model(tiny_arch, 8, "normal", 3).state_dict()
+    b = build_model(tiny_arch, 8, "normal", 3).state_dict()
     assert list(a) == list(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key])
-    c = build_model(TINY_AUTHORS, 8, "normal", 4).state_dict()
+    c = build_model(tiny_arch, 8, "normal", 4).state_dict()
     assert not all(torch.equal(a[key], c[key]) for key in a)
+
+
+def test_sampling_is_seeded_and_shaped(tiny_arch):
+    model = _ready(build_model(tiny_arch, 14, "radial", 0), 14).eval()
+    c = torch.rand(14, 14)
+    a = model.sample(c, 5, torch.Generator().manual_seed(3))
+    b = model.sample(c, 5, torch.Generator().manual_seed(3))
+    assert a.shape == (5, 14, 14)
+    torch.testing.assert_close(a, b)
 
 
 def test_authors_mnist_model_matches_appendix_a2_and_roundtrips():
@@ -322,13 +267,15 @@ def test_authors_mnist_model_matches_appendix_a2_and_roundtrips():
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"layout": "authors", "hidden": 8}, "does not use"),
-        ({"uncond_blocks": 1}, "does not use"),
-        ({"layout": "glow"}, "unknown layout"),
-        ({"layout": "authors", "cond_channels": [2, 4]}, "levels \\+ 1 cond_channels"),
+        ({"hidden": 8}, "unknown architecture keys \\['hidden'\\]"),
+        ({"layout": "authors"}, "unknown architecture keys \\['layout'\\]"),
+        ({"downsampling": "haar"}, "unknown architecture keys \\['downsampling'\\]"),
+        ({"cond_levels": None}, "missing keys \\['cond_levels'\\]"),
+        ({"cond_levels": 3}, "cond_levels must lie in \\[0, levels\\]"),
+        ({"cond_channels": [2, 4]}, "levels \\+ 1 cond_channels"),
     ],
 )
-def test_architecture_keys_are_checked_per_layout(tiny_arch, cfg, message):
-    base = dict(TINY_AUTHORS) if cfg.get("layout") == "authors" else dict(tiny_arch)
+def test_architecture_keys_are_checked(tiny_arch, cfg, message):
+    cfg = {k: v for k, v in {**tiny_arch, **cfg}.items() if v is not None}
     with pytest.raises(ValueError, match=message):
-        build_model({**base, **cfg}, 8, "normal", 0)
+        build_model(cfg, 8, "normal", 0)

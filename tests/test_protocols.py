@@ -39,12 +39,14 @@ def ct(tmp_path_factory):
     }
     arch = {
         "levels": 2,
+        "cond_levels": 2,
         "blocks_per_level": 2,
-        "cond_channels": [4, 8],
+        "uncond_blocks": 1,
+        "cond_channels": [4, 8, 8],
         "cond_features": 4,
-        "dense_dim": 8,
+        "dense_dim": 16,
         "dense_cond": 4,
-        "hidden": 8,
+        "dense_blocks": 2,
     }
     root = tmp_path_factory.mktemp("ct")
     dataset = LoDoPaB(cfg, seed=0)

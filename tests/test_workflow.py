@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -163,6 +164,7 @@ def test_tiny_end_to_end_run(tmp_path):
     assert "numbers.csv" in (report / "index.html").read_text()
     rows = list(csv.DictReader(open(report / "numbers.csv")))
     assert check_numbers(report / "numbers.csv", project) == len(rows) > 0
+    assert all(np.isfinite(float(r["value"])) for r in rows)  # no NaN / inf reaches the report
     ours = {r["experiment"] for r in rows if r["who"] == "ours" and r["experiment"]}
     assert ours == set(rows_of_sheet)  # every experiment of the sheet reaches the report
     assert {r["table"] for r in rows} >= {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from genrecon import metrics as metric_functions
 from genrecon.physics.base import LinearPhysics
+from genrecon.registry import Registry
 
 MANIFEST = "MANIFEST.json"
 
@@ -152,25 +152,7 @@ def write_manifest(root: Path, extra: dict | None = None) -> Path:
     return out
 
 
-_REGISTRY: dict[str, type[Dataset]] = {}
-
-
-def register_dataset(name: str) -> Callable[[type[Dataset]], type[Dataset]]:
-    def wrap(cls: type[Dataset]) -> type[Dataset]:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def registered_datasets() -> dict[str, type[Dataset]]:
-    return dict(_REGISTRY)
-
-
-def lookup(name: str) -> type[Dataset]:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+_REGISTRY: Registry[Dataset] = Registry("dataset")
+register_dataset = _REGISTRY.register
+registered_datasets = _REGISTRY.all
+lookup = _REGISTRY.lookup

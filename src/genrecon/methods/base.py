@@ -16,13 +16,14 @@ evaluation protocols only ever call `reconstruct`, so they need not know which k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from genrecon.physics.base import LinearPhysics
+from genrecon.registry import Registry
 
 
 @dataclass
@@ -70,30 +71,11 @@ class Prior(Protocol):
     def nll(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-_REGISTRY: dict[str, Callable[..., Method]] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make a method constructible by name from an experiment row."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def registered_methods() -> dict[str, Callable[..., Method]]:
-    return dict(_REGISTRY)
-
-
-def method_class(name: str) -> Callable[..., Method]:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name]
+_REGISTRY: Registry[Method] = Registry("method")
+#: class decorator: make a method constructible by name from an experiment row
+register_method = _REGISTRY.register
+registered_methods = _REGISTRY.all
+method_class = _REGISTRY.lookup
 
 
 class PosteriorSampler(Method):

@@ -1,16 +1,8 @@
 """Multi-scale conditional invertible network (seed 000 Sec. 2.8 and App. A.2; seed 001 App. 6.1).
 
-Two layouts, chosen by the architecture key `layout`:
-
-`simple` (the default, kept bit-for-bit for existing configs): per level an invertible
-downsampling (Haar or i-RevNet), conditional GLOW affine couplings whose subnets alternate 1x1
-and 3x3 kernels (fixed `hidden` width), each followed by a fixed random orthogonal 1x1
-convolution; optionally half the channels split off to the output after each level. The rest is
-flattened, all but `dense_dim` dimensions go to the output, and a dense conditional section
-(2 x random permutation + GLOW coupling with dense subnets) finishes.
-
-`authors`: the seed authors' model (cinn_for_imaging, networks/cinn.py + cond_net.py), see
-`ConditionalMultiscaleFlow._build_authors_flow` and `conditioning.ResNetConditioningNet`.
+The seed authors' model (cinn_for_imaging, networks/cinn.py + cond_net.py): learned invertible
+downsampling, unconditioned couplings, conditioned GLOW sections with ActNorm, and a dense final
+section; see `ConditionalMultiscaleFlow._build_flow` and `conditioning.ResNetConditioningNet`.
 
 Built from FrEIA blocks. Images are reflect-padded so that every level halves evenly
 (LoDoPaB: 362 -> 384).
@@ -19,7 +11,7 @@ Built from FrEIA blocks. Images are reflect-padded so that every level halves ev
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
@@ -28,120 +20,67 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrecon.models.base import make_base
-from genrecon.models.conditioning import ConditioningNet, ResNetConditioningNet
+from genrecon.models.conditioning import ResNetConditioningNet
 from genrecon.models.downsampling import LearnedInvertibleDownsampling
-
-LAYOUTS = ("simple", "authors")
-# Keys that only the authors' layout reads, and keys that only the simple layout reads: a key
-# given to a layout that ignores it is an error rather than a silent no-op.
-_AUTHORS_ONLY = {"cond_levels", "uncond_blocks", "dense_blocks", "act_norm"}
-_SIMPLE_ONLY = {"hidden"}
-_DOWNSAMPLING = {
-    "haar": Fm.HaarDownsampling,
-    "irevnet": Fm.IRevNetDownsampling,
-    "learned": LearnedInvertibleDownsampling,
-}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """The `architectures.<name>` block of params.yaml.
+    """The `architectures.<name>` block of params.yaml (built by `ConditionalMultiscaleFlow`).
 
-    Shared keys mean, per layout:
-      levels: invertible downsamplings (the image is padded to a multiple of 2^levels).
+    Keys:
+      levels: learned invertible downsamplings (the image is padded to a multiple of 2^levels).
+      cond_levels: the first `cond_levels` levels get a conditioned section.
       blocks_per_level: conditioned couplings per conditioned section.
-      cond_channels: simple: the conditioning features per level (one per level);
-        authors: the widths of the conditioning chain (levels + 1 entries); head i uses the
+      cond_channels: the widths of the conditioning chain (levels + 1 entries); head i uses the
         first i + 1, the dense head all of them (theirs: [4, 16, 32, 64, 64, 32]).
       cond_features: width of the conditioning net's stem.
       dense_dim / dense_cond: dimensions of the dense section / of its condition vector.
-      downsampling: haar | irevnet | learned.   split: split half the channels off per level.
-      hidden: simple only, the fixed subnet width (authors: 2 x the subnet's input width).
+      split: after the downsampling of every level but the first, half the channels go to z.
+      uncond_blocks: unconditioned 1x1-subnet couplings after every downsampling.
+      dense_blocks: [random permutation + dense GLOW coupling] pairs at the end.
+      act_norm: ActNorm after every coupling (data-dependent init, first batch).
+      clamp: FrEIA's GLOW soft clamp.
     """
 
     levels: int
+    cond_levels: int
     blocks_per_level: int
     cond_channels: tuple[int, ...]
     cond_features: int
     dense_dim: int
     dense_cond: int
-    downsampling: str = "haar"
     split: bool = True
-    hidden: int = 64
     clamp: float = 1.5
-    layout: str = "simple"  # "simple" (default) or "authors"
-    # read by layout "authors" only (see ConditionalMultiscaleFlow._build_authors_flow):
-    cond_levels: int | None = None  # the first `cond_levels` levels get a conditioned section
-    uncond_blocks: int = 2  # unconditioned 1x1-subnet couplings after every downsampling
-    dense_blocks: int = 2  # [random permutation + dense GLOW coupling] pairs at the end
-    act_norm: bool = True  # ActNorm after every coupling (data-dependent init, first batch)
+    uncond_blocks: int = 2
+    dense_blocks: int = 2
+    act_norm: bool = True
 
     @classmethod
     def from_config(cls, cfg: dict) -> Architecture:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known
+        fields = cls.__dataclass_fields__
+        unknown = set(cfg) - set(fields)
         if unknown:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"unknown architecture keys {sorted(unknown)}; known: {sorted(fields)}"
+            )
+        required = {name for name, f in fields.items() if f.default is MISSING}
+        missing = required - set(cfg)
+        if missing:
+            raise ValueError(f"architecture: missing keys {sorted(missing)}")
         cfg = dict(cfg)
         cfg["cond_channels"] = tuple(cfg["cond_channels"])
-        layout = cfg.get("layout", "simple")
-        if layout not in LAYOUTS:
-            raise ValueError(f"architecture: unknown layout {layout!r}; known: {list(LAYOUTS)}")
-        ignored = set(cfg) & (_SIMPLE_ONLY if layout == "authors" else _AUTHORS_ONLY)
-        if ignored:
-            raise ValueError(f"architecture: layout {layout!r} does not use {sorted(ignored)}")
-        if cfg.get("downsampling", "haar") not in _DOWNSAMPLING:
+        if not 0 <= cfg["cond_levels"] <= cfg["levels"]:
+            raise ValueError("architecture: cond_levels must lie in [0, levels]")
+        if len(cfg["cond_channels"]) != cfg["levels"] + 1:
             raise ValueError(
-                f"architecture: unknown downsampling {cfg['downsampling']!r}; "
-                f"known: {sorted(_DOWNSAMPLING)}"
+                "architecture: needs levels + 1 cond_channels (the widths of the conditioning "
+                "chain; the dense head runs all of them)"
             )
-        if layout == "simple" and len(cfg["cond_channels"]) != cfg["levels"]:
-            raise ValueError("architecture: cond_channels needs one entry per level")
-        if layout == "authors":
-            if "cond_levels" not in cfg:
-                raise ValueError("architecture: layout 'authors' needs cond_levels")
-            if not 0 <= cfg["cond_levels"] <= cfg["levels"]:
-                raise ValueError("architecture: cond_levels must lie in [0, levels]")
-            if len(cfg["cond_channels"]) != cfg["levels"] + 1:
-                raise ValueError(
-                    "architecture: layout 'authors' needs levels + 1 cond_channels (the widths "
-                    "of the conditioning chain; the dense head runs all of them)"
-                )
         return cls(**cfg)
 
 
-def _conv_subnet(kernel: int, hidden: int):
-    def build(c_in: int, c_out: int) -> nn.Module:
-        net = nn.Sequential(
-            nn.Conv2d(c_in, hidden, kernel, padding=kernel // 2),
-            nn.LeakyReLU(0.1),
-            nn.Conv2d(hidden, c_out, kernel, padding=kernel // 2),
-        )
-        _init(net)
-        return net
-
-    return build
-
-
-def _dense_subnet(hidden: int):
-    def build(c_in: int, c_out: int) -> nn.Module:
-        net = nn.Sequential(nn.Linear(c_in, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, c_out))
-        _init(net)
-        return net
-
-    return build
-
-
-def _init(net: nn.Sequential) -> None:
-    """Weights N(0, 0.02^2), last layer zero: every coupling starts as the identity."""
-    for layer in net:
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.normal_(layer.weight, 0.0, 0.02)
-            nn.init.zeros_(layer.bias)
-    nn.init.zeros_(net[-1].weight)
-
-
-def _authors_subnet(kernel: int | None):
+def _subnet(kernel: int | None):
     """Subnet of the authors' couplings: 3 layers i -> 2i -> 2i -> o, LeakyReLU(0.01).
 
     kernel: 1 or 3 for convolutions, None for the dense section's linear layers. i is the
@@ -188,16 +127,10 @@ class ConditionalMultiscaleFlow(nn.Module):
         self.size = padded_size(image_size, arch.levels)
         self.base = make_base(base)
         self.dim = self.size * self.size
-        if arch.layout == "authors":
-            self.cond_net = ResNetConditioningNet(
-                list(arch.cond_channels), arch.cond_levels, arch.cond_features, arch.dense_cond
-            )
-            graph = self._build_authors_flow(seed)
-        else:
-            self.cond_net = ConditioningNet(
-                list(arch.cond_channels), arch.cond_features, arch.dense_cond
-            )
-            graph = self._build_flow(seed)
+        self.cond_net = ResNetConditioningNet(
+            list(arch.cond_channels), arch.cond_levels, arch.cond_features, arch.dense_cond
+        )
+        graph = self._build_flow(seed)
         # GraphINN orders its module_list differently from one build to the next, so its own
         # parameter names cannot be trusted across processes: register each block under its
         # node name instead and keep the graph (same module objects) out of the state dict.
@@ -207,83 +140,10 @@ class ConditionalMultiscaleFlow(nn.Module):
         object.__setattr__(self, "flow", graph)
 
     def _build_flow(self, seed: int) -> Ff.GraphINN:
-        arch, size = self.arch, self.size
-        generator = torch.Generator().manual_seed(seed)
-        conditions = [
-            Ff.ConditionNode(c, size // 2 ** (i + 1), size // 2 ** (i + 1), name=f"cond{i}")
-            for i, c in enumerate(arch.cond_channels)
-        ]
-        conditions.append(Ff.ConditionNode(arch.dense_cond, name="cond_dense"))
-        down = _DOWNSAMPLING[arch.downsampling]
-        nodes: list = [Ff.InputNode(1, size, size, name="x")]
-        z_parts: list = []  # flattened pieces sent to the output
-
-        def add(inputs, module, kwargs, **extra) -> Ff.Node:
-            nodes.append(Ff.Node(inputs, module, kwargs, **extra))
-            return nodes[-1]
-
-        current = nodes[0].out0
-        for level in range(arch.levels):
-            current = add(current, down, {}, name=f"down{level}").out0
-            for block in range(arch.blocks_per_level):
-                subnet = _conv_subnet(1 if block % 2 == 0 else 3, arch.hidden)
-                coupling = add(
-                    current,
-                    Fm.GLOWCouplingBlock,
-                    {"subnet_constructor": subnet, "clamp": arch.clamp},
-                    conditions=conditions[level],
-                    name=f"coupling{level}_{block}",
-                )
-                channels = coupling.output_dims[0][0]
-                q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator))
-                current = add(
-                    coupling.out0, Fm.Fixed1x1Conv, {"M": q}, name=f"perm{level}_{block}"
-                ).out0
-            if arch.split and level < arch.levels - 1:
-                channels = nodes[-1].output_dims[0][0]
-                half = channels // 2
-                split = add(
-                    current,
-                    Fm.Split,
-                    {"section_sizes": [half, channels - half], "dim": 0},
-                    name=f"split{level}",
-                )
-                z_parts.append(add(split.out1, Fm.Flatten, {}, name=f"flat{level}").out0)
-                current = split.out0
-        flat = add(current, Fm.Flatten, {}, name="flatten")
-        remaining = flat.output_dims[0][0]
-        if not 0 < arch.dense_dim < remaining:
-            raise ValueError(
-                f"architecture: dense_dim {arch.dense_dim} must lie in (0, {remaining})"
-            )
-        split = add(
-            flat.out0,
-            Fm.Split,
-            {"section_sizes": [arch.dense_dim, remaining - arch.dense_dim], "dim": 0},
-            name="split_dense",
-        )
-        z_parts.append(split.out1)
-        current = split.out0
-        for block in range(2):
-            current = add(
-                current, Fm.PermuteRandom, {"seed": seed + block}, name=f"dense_perm{block}"
-            ).out0
-            current = add(
-                current,
-                Fm.GLOWCouplingBlock,
-                {"subnet_constructor": _dense_subnet(4 * arch.dense_dim), "clamp": arch.clamp},
-                conditions=conditions[-1],
-                name=f"dense_coupling{block}",
-            ).out0
-        z = add([current, *z_parts], Fm.Concat, {"dim": 0}, name="z")
-        nodes.append(Ff.OutputNode(z, name="out"))
-        return Ff.GraphINN(nodes + conditions)
-
-    def _build_authors_flow(self, seed: int) -> Ff.GraphINN:
         """The seed authors' multi-scale cINN (cinn_for_imaging networks/cinn.py, `build_inn`).
 
         For level l = 0 .. levels-1:
-          downsampling (learned: orthogonal per-channel 2x2 -> 4, Haar at init),
+          learned downsampling (orthogonal per-channel 2x2 -> 4, Haar at init),
           `uncond_blocks` unconditioned GLOW couplings with 1x1 subnets (+ ActNorm each),
           for l >= 1 and `split`: half the channels split off to the output,
           for l < cond_levels: the conditioned section, `blocks_per_level` x [conditioned GLOW
@@ -310,7 +170,6 @@ class ConditionalMultiscaleFlow(nn.Module):
             for i in range(arch.cond_levels)
         ]
         conditions.append(Ff.ConditionNode(arch.dense_cond, name="cond_dense"))
-        down = _DOWNSAMPLING[arch.downsampling]
         nodes: list = [Ff.InputNode(1, size, size, name="x")]
         z_parts: list = []
 
@@ -332,9 +191,9 @@ class ConditionalMultiscaleFlow(nn.Module):
 
         current = nodes[0].out0
         for level in range(arch.levels):
-            current = add(current, down, {}, name=f"down{level}").out0
+            current = add(current, LearnedInvertibleDownsampling, {}, name=f"down{level}").out0
             for block in range(arch.uncond_blocks):
-                current = glow(current, _authors_subnet(1), f"uncond{level}_{block}")
+                current = glow(current, _subnet(1), f"uncond{level}_{block}")
             if arch.split and level > 0:
                 channels = nodes[-1].output_dims[0][0]
                 half = channels // 2
@@ -349,7 +208,7 @@ class ConditionalMultiscaleFlow(nn.Module):
             if level >= arch.cond_levels:
                 continue
             for block in range(arch.blocks_per_level):
-                subnet = _authors_subnet(1 if block % 2 == 0 else 3)
+                subnet = _subnet(1 if block % 2 == 0 else 3)
                 current = glow(current, subnet, f"coupling{level}_{block}", conditions[level])
                 channels = nodes[-1].output_dims[0][0]
                 q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator))
@@ -378,7 +237,7 @@ class ConditionalMultiscaleFlow(nn.Module):
             coupling = add(
                 current,
                 Fm.GLOWCouplingBlock,
-                {"subnet_constructor": _authors_subnet(None), "clamp": arch.clamp},
+                {"subnet_constructor": _subnet(None), "clamp": arch.clamp},
                 conditions=conditions[-1],
                 name=f"dense_coupling{block}",
             )
@@ -428,10 +287,6 @@ class ConditionalMultiscaleFlow(nn.Module):
         z = self.base.sample(num, self.dim, generator=generator).to(inversion.device)
         x, _ = self.flow(z, c=cond, rev=True, jac=False)
         return self.crop(x)
-
-
-def bits_per_dim(nll_nats_per_dim: float) -> float:
-    return nll_nats_per_dim / math.log(2.0)
 
 
 def build_model(arch_cfg: dict, image_size: int, base: str, seed: int) -> ConditionalMultiscaleFlow:

@@ -18,10 +18,11 @@ convention), so every inner product stays a real sum.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+
+from genrecon.registry import Registry
 
 
 class LinearPhysics:
@@ -70,28 +71,12 @@ class LinearPhysics:
         return torch.float32
 
 
-_REGISTRY: dict[str, Callable[..., LinearPhysics]] = {}
-
-
-def register_physics(name: str):
-    """Class decorator: make an operator constructible by name (`build_physics`)."""
-
-    def wrap(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"physics {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def registered_physics() -> dict[str, Callable[..., LinearPhysics]]:
-    """Every registered operator (importing genrecon.physics registers them all)."""
-    return dict(_REGISTRY)
+_REGISTRY: Registry[LinearPhysics] = Registry("physics")
+#: class decorator: make an operator constructible by name (`build_physics`)
+register_physics = _REGISTRY.register
+#: every registered operator (importing genrecon.physics registers them all)
+registered_physics = _REGISTRY.all
 
 
 def build_physics(name: str, **settings) -> LinearPhysics:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown physics {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**settings)
+    return _REGISTRY.lookup(name)(**settings)
