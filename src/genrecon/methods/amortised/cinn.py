@@ -36,6 +36,7 @@ class CINNModel(nn.Module):
             spec["architecture"], spec["image_size"], spec["base"], spec["seed"]
         )
         self.train_noise = float(spec.get("train_noise", 0.0))
+        self.noise_clip = spec.get("noise_clip")
         self.dequantize = bool(spec.get("dequantize", False))
 
     @property
@@ -46,7 +47,8 @@ class CINNModel(nn.Module):
         """NLL per dimension of each image (nats) on the padded image.
 
         Training perturbations only when `generator` is given (not for validation), in the
-        authors' order: pad first, then add noise, then clip to [0, 1]. Noise added before the
+        authors' order: pad first, then add noise, then clip to `noise_clip` ([0, 1]; None: no
+        clip, see params.yaml's smoke overlay for why). Noise added before the
         reflect padding would make the padded border an exact copy of interior pixels: an
         unbounded likelihood on those dimensions (FACTS). `dequantize` (MNIST, whose many exact
         zeros make an undequantised likelihood degenerate; the paper is silent) replaces each
@@ -56,7 +58,9 @@ class CINNModel(nn.Module):
         if generator is not None and self.dequantize:
             x = (x * 255.0 + torch.rand(x.shape, generator=generator)) / 256.0
         if generator is not None and self.train_noise > 0:
-            x = (x + self.train_noise * torch.randn(x.shape, generator=generator)).clamp(0.0, 1.0)
+            x = x + self.train_noise * torch.randn(x.shape, generator=generator)
+            if self.noise_clip is not None:
+                x = x.clamp(*self.noise_clip)
         return self.nll_padded(x.to(self.device), batch["cond"].to(self.device))
 
     def encode_padded(self, x: torch.Tensor, cond: torch.Tensor):
@@ -100,12 +104,14 @@ class CINN(PosteriorSampler):
         train_noise: float = 0.0,
         conditioning: str | None = None,
         dequantize: bool = False,
+        noise_clip: list[float] | None = None,
     ):
         self.arch = arch
         self.base = base
         self.train_noise = train_noise
         self.conditioning = conditioning
         self.dequantize = dequantize
+        self.noise_clip = noise_clip
         self.model: CINNModel | None = None
         self.seed = 0
         self.batch_samples = 100
@@ -121,6 +127,7 @@ class CINN(PosteriorSampler):
             "base": self.base,
             "train_noise": self.train_noise,
             "dequantize": self.dequantize,
+            "noise_clip": self.noise_clip,
             "conditioning": self.conditioning,
             "seed": fit["seed"],
         }
