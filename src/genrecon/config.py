@@ -52,7 +52,9 @@ def deep_merge(base: Any, overlay: Any, where: str = "") -> Any:
     return merged
 
 
+@functools.lru_cache(maxsize=2)
 def _schema(root: Path) -> dict:
+    """Read once per process: resolving both scales at startup validates several times."""
     return yaml.safe_load((root / SCHEMA).read_text())
 
 
@@ -93,7 +95,7 @@ def resolve(params: dict, scale: str | None = None, root: Path = Path(".")) -> d
 
 def check_references(settings: dict) -> None:
     """Every name an experiment row uses exists: dataset, method, variant keys, arch, sweeps."""
-    from genrecon.data.registry import dataset_class
+    from genrecon.data.registry import lookup as dataset_class
     from genrecon.methods import method_class
 
     for name, row in settings["experiments"].items():
@@ -122,17 +124,6 @@ def check_references(settings: dict) -> None:
         for sweep in row["sweeps"]:
             if sweep not in settings["sweeps"]:
                 raise ConfigError(f"{where}.sweeps: no sweep {sweep!r} in `sweeps`")
-
-
-@functools.lru_cache(maxsize=4)
-def _cached(path: str, scale: str | None) -> dict:
-    params = load_params(path)
-    return resolve(params, scale, Path(path).parent)
-
-
-def settings_for(scale: str | None = None, path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Resolved settings read from disk (cached per process); what jobs and rules both call."""
-    return copy.deepcopy(_cached(str(path), scale))
 
 
 def experiment(settings: dict, name: str) -> dict[str, Any]:

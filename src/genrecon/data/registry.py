@@ -6,13 +6,9 @@ from genrecon.data import lodopab, mnist  # noqa: F401  (registers the datasets)
 from genrecon.data.base import Dataset, lookup, registered_datasets
 
 
-def dataset_class(name: str) -> type[Dataset]:
-    return lookup(name)
-
-
 def dataset(name: str, settings: dict) -> Dataset:
     """The dataset `name` with its settings at the resolved scale."""
     return lookup(name)(settings["datasets"][name], settings["seed"])
 
 
-__all__ = ["dataset", "dataset_class", "registered_datasets"]
+__all__ = ["dataset", "lookup", "registered_datasets"]
