@@ -143,7 +143,8 @@ def prepare_settings(settings: dict, dataset: str) -> dict[str, Any]:
 
 
 def fit_settings(settings: dict, name: str) -> dict[str, Any]:
-    """Everything training reads: the row, its variant with the architecture resolved, data."""
+    """Everything training reads: the row, its variant with the architecture resolved, the
+    dataset's `train` block with the row's own `train` overrides on top, the data settings."""
     row = experiment(settings, name)
     variant = dict(row["variant"])
     if "arch" in variant:
@@ -153,7 +154,7 @@ def fit_settings(settings: dict, name: str) -> dict[str, Any]:
         "dataset": row["dataset"],
         "method": row["method"],
         "variant": variant,
-        "train": settings["train"][row["dataset"]],
+        "train": {**settings["train"][row["dataset"]], **row.get("train", {})},
         "data": settings["datasets"][row["dataset"]],
         "seed": settings["seed"],
     }

@@ -119,7 +119,7 @@ def numbers_rows(
             continue
         for row in table.get("rows", []):
             exp = row.get("experiment")
-            if exp is not None and not specs.runs_here(settings, exp):
+            if exp is not None and not specs.runs_here(settings, exp, table):
                 continue
             if kind == "metrics":
                 rows += _metric_rows(tid, table, row, results, root)

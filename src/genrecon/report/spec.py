@@ -110,15 +110,19 @@ def validate_tables(
     """Resolve every cross-reference of the spec; raise SpecError naming each bad key.
 
     experiments_by_scale: {scale: {experiment: sheet row}} (settings.sheet_by_scale(params)). An
-    experiment must exist at SOME scale (the no-noise variants run at paper scale only); its
-    estimator must be one its protocols write; a paper key must exist in paper_results.yaml; the
+    experiment must exist at SOME scale (the no-noise variants run at paper scale only) and a
+    sweep row's experiment run that sweep at some scale (the iUNet's refinement runs at paper
+    scale only); its estimator must be one its protocols write; a paper key must exist in
+    paper_results.yaml; the
     sheet's `reproduces` and the spec's rows must agree for tables that carry paper numbers.
     """
     check_schema(spec)
     errors: list[str] = []
     sheet: dict[str, Mapping[str, Any]] = {}
     for rows in experiments_by_scale.values():
-        sheet.update(rows)
+        for name, row in rows.items():
+            merged = sheet.setdefault(name, dict(row))
+            merged["sweeps"] = sorted({*(merged.get("sweeps") or []), *(row.get("sweeps") or [])})
     metrics = spec["metrics"]
 
     for pid, paper in spec["papers"].items():
@@ -286,8 +290,14 @@ def _check_reproduces(spec: Mapping, sheet: Mapping[str, Mapping]) -> list[str]:
     return errors
 
 
-def runs_here(settings: Mapping[str, Any], experiment: str) -> bool:
-    return experiment in (settings.get("experiments") or {})
+def runs_here(
+    settings: Mapping[str, Any], experiment: str, table: Mapping[str, Any] | None = None
+) -> bool:
+    """Whether `experiment` runs at this scale, and, for a sweep table, runs its sweep here."""
+    row = (settings.get("experiments") or {}).get(experiment)
+    if row is None:
+        return False
+    return table is None or table["kind"] != "sweep" or table["sweep"] in row.get("sweeps", [])
 
 
 def _join(results_dir: str | Path, *parts: str) -> str:
@@ -312,7 +322,7 @@ def required_inputs(
                 files.append(str(benchmarks))
             continue
         for exp in _experiments(table.get("rows", [])):
-            if not runs_here(settings, exp):
+            if not runs_here(settings, exp, table):
                 continue
             if kind in ("metrics", "curves"):
                 files.append(_join(results_dir, "eval", exp, "summary.json"))

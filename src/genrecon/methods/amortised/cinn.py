@@ -1,9 +1,11 @@
 """The multi-scale cINN (seed 000 Sec. 2.8, seed 001) as a `Method` and a trainable model.
 
-- `CINNModel`: the flow of models/cinn.py plus its training loss (per-image NLL per dimension
-  in nats, with optional training noise), the contract of `genrecon.training`.
+- `CINNModel`: a conditional flow plus its training loss (per-image NLL per dimension in nats,
+  with optional training noise and the conditioning loss of Eq. 20), the contract of
+  `genrecon.training`. The flow is the architecture's `kind`: the multi-scale cINN
+  (models/cinn.py) or the conditional iUNet (models/iunet.py); both expose the same interface.
 - `CINN`: the registered method "cinn". Its variant is the experiment row's settings (which
-  architecture, base distribution, training noise, which conditioning input). It samples the
+  architecture, base distribution, training noise, conditioning input and loss). It samples the
   posterior per image with a generator seeded by (seed, image index), so numbers do not depend on
   batch sizes, and refines a sample by the variational reconstruction of seed 000 Eq. 22
   (`refine`), with the cINN as the conditional prior.
@@ -18,6 +20,7 @@ from torch import nn
 
 from genrecon.methods.base import PosteriorSampler, register_method
 from genrecon.models.cinn import build_model
+from genrecon.models.iunet import build_iunet
 from genrecon.physics.base import LinearPhysics
 
 
@@ -26,51 +29,84 @@ def image_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
+# architecture `kind` -> the builder of that conditional flow (params.yaml `architectures`)
+FLOWS = {"multiscale": build_model, "iunet": build_iunet}
+
+
+def build_flow(architecture: dict[str, Any], image_size: int, base: str, seed: int) -> nn.Module:
+    """The conditional flow an `architectures` block describes (`kind`, default multiscale)."""
+    cfg = dict(architecture)
+    kind = cfg.pop("kind", "multiscale")
+    if kind not in FLOWS:
+        raise ValueError(f"architecture kind {kind!r}: known kinds {sorted(FLOWS)}")
+    return FLOWS[kind](cfg, image_size, base, seed)
+
+
 class CINNModel(nn.Module):
     """A cINN with its training loss; built from a JSON-serialisable `spec`."""
 
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
         self.spec = spec
-        self.flow = build_model(
+        self.flow = build_flow(
             spec["architecture"], spec["image_size"], spec["base"], spec["seed"]
         )
         self.train_noise = float(spec.get("train_noise", 0.0))
         self.noise_clip = spec.get("noise_clip")
         self.dequantize = bool(spec.get("dequantize", False))
+        self.cond_loss = float(spec.get("cond_loss", 0.0))
+        if self.cond_loss and not hasattr(self.flow, "conditioning_image"):
+            raise ValueError(
+                f"cond_loss={self.cond_loss}: architecture kind "
+                f"{spec['architecture'].get('kind', 'multiscale')!r} has no image-space "
+                "conditioning output (only the iUNet's conditioning U-Net has one)"
+            )
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None):
-        """NLL per dimension of each image (nats) on the padded image.
+        """NLL per dimension of each image (nats) on the padded image (+ the conditioning loss).
 
-        Training perturbations only when `generator` is given (not for validation), in the
-        authors' order: pad first, then add noise, then clip to `noise_clip` ([0, 1]; None: no
-        clip, see params.yaml's smoke overlay for why). Noise added before the
+        Training perturbations (`perturbed`) only when `generator` is given, not for validation.
+        `cond_loss` = alpha > 0 adds alpha * MSE(H(y), x) per image (seed 000 Eq. 20, the
+        iUNet's conditioning U-Net), against the clean unpadded image, as the authors' training
+        step; it is part of the validation loss too (theirs), so checkpoints are chosen on the
+        objective that is trained.
+        """
+        x = self.perturbed(batch["x"], generator)
+        features = self.flow.cond_net(self.flow.pad(batch["cond"].to(self.device)))
+        z, logdet = self.flow.flow(x.to(self.device), c=features, jac=True)
+        loss = -(self.flow.base.log_prob(z) + logdet) / self.flow.dim
+        if self.cond_loss:
+            error = self.flow.conditioning_image(features) - batch["x"].to(self.device)
+            loss = loss + self.cond_loss * error.pow(2).flatten(1).mean(1)
+        return loss
+
+    def perturbed(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The padded training image, perturbed when `generator` is given (training only).
+
+        In the authors' order: pad first, then add noise, then clip to `noise_clip` ([0, 1];
+        None: no clip, see params.yaml's smoke overlay for why). Noise added before the
         reflect padding would make the padded border an exact copy of interior pixels: an
         unbounded likelihood on those dimensions (FACTS). `dequantize` (MNIST, whose many exact
         zeros make an undequantised likelihood degenerate; the paper is silent) replaces each
         8-bit grey level v/255 by (v + u)/256, u ~ U(0, 1).
         """
-        x = self.flow.pad(batch["x"])
+        x = self.flow.pad(x)
         if generator is not None and self.dequantize:
             x = (x * 255.0 + torch.rand(x.shape, generator=generator)) / 256.0
         if generator is not None and self.train_noise > 0:
             x = x + self.train_noise * torch.randn(x.shape, generator=generator)
             if self.noise_clip is not None:
                 x = x.clamp(*self.noise_clip)
-        return self.nll_padded(x.to(self.device), batch["cond"].to(self.device))
+        return x
 
     def encode_padded(self, x: torch.Tensor, cond: torch.Tensor):
         """z and log|det dz/dx| of an already padded image (b, 1, S, S) given the condition."""
         features = self.flow.cond_net(self.flow.pad(cond))
         return self.flow.flow(x, c=features, jac=True)
-
-    def nll_padded(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        z, logdet = self.encode_padded(x, cond)
-        return -(self.flow.base.log_prob(z) + logdet) / self.flow.dim
 
 
 class CINNPrior:
@@ -105,6 +141,7 @@ class CINN(PosteriorSampler):
         conditioning: str | None = None,
         dequantize: bool = False,
         noise_clip: list[float] | None = None,
+        cond_loss: float = 0.0,
     ):
         self.arch = arch
         self.base = base
@@ -112,6 +149,7 @@ class CINN(PosteriorSampler):
         self.conditioning = conditioning
         self.dequantize = dequantize
         self.noise_clip = noise_clip
+        self.cond_loss = cond_loss
         self.model: CINNModel | None = None
         self.seed = 0
         self.batch_samples = 100
@@ -128,6 +166,7 @@ class CINN(PosteriorSampler):
             "train_noise": self.train_noise,
             "dequantize": self.dequantize,
             "noise_clip": self.noise_clip,
+            "cond_loss": self.cond_loss,
             "conditioning": self.conditioning,
             "seed": fit["seed"],
         }
