@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from genrecon import config
 from genrecon.data import lodopab, mnist
 from genrecon.data.lodopab import LoDoPaB
 from genrecon.data.mnist import MNIST
@@ -112,6 +113,10 @@ def test_lazy_split_reads_like_the_array(tmp_path, rng):
     np.testing.assert_array_equal(lazy[2:8], truth[2:8])
 
 
+def _smoke_settings() -> dict:
+    return config.resolve(config.load_params(ROOT / "params.yaml"), "smoke", ROOT)
+
+
 def test_every_dataset_yields_x_y_meta_measured_by_its_physics(tmp_path, tiny_lodopab_cfg):
     """The dataset interface: (x, y, meta) with the cached conditioning inputs, and y = A x + noise
     for the operator the dataset names (so a method gets the physics its data came from)."""
@@ -124,7 +129,13 @@ def test_every_dataset_yields_x_y_meta_measured_by_its_physics(tmp_path, tiny_lo
         "splits": {"train": 6, "validation": 2, "test": 4},
         "cs": {"m": 196, "noise_rel": 0.1, "tikhonov_lambda": 0.02},
     }
-    configs = {"lodopab": (tiny_lodopab_cfg, 0.05), "mnist": (mnist_cfg, 0.1 + 1e-4)}
+    knee_cfg = _smoke_settings()["datasets"]["fastmri_knee"]
+    knee_cfg = {**knee_cfg, "splits": {"train": 1, "validation": 1, "test": 2}}
+    configs = {
+        "lodopab": (tiny_lodopab_cfg, 0.05),
+        "mnist": (mnist_cfg, 0.1 + 1e-4),
+        "fastmri_knee": (knee_cfg, None),
+    }
     assert set(registered_datasets()) == set(configs)  # a new dataset needs a case here
     for name, (cfg, noise_bound) in configs.items():
         dataset = registered_datasets()[name](cfg, seed=0)
@@ -134,6 +145,16 @@ def test_every_dataset_yields_x_y_meta_measured_by_its_physics(tmp_path, tiny_lo
         x, y, meta = split[1]
         assert meta["index"] == 1 and set(meta["cond"]) == set(dataset.conditionings)
         physics = dataset.physics(root)
+        if noise_bound is None:
+            # fastMRI: x is the cropped magnitude target, not in A's domain (k-space is 640 rows
+            # of the full field of view); y's link to the data is the zero-filled input
+            crop = (cfg["crop"], cfg["crop"])
+            zero_filled = physics.zero_filled_magnitude(torch.from_numpy(y)[None], crop)[0]
+            normalised = (zero_filled - zero_filled.mean()) / zero_filled.std()
+            np.testing.assert_allclose(
+                meta["cond"]["zero_filled"], normalised.clamp(-6, 6).numpy(), atol=1e-4
+            )
+            continue
         clean = physics.A(torch.from_numpy(np.asarray(split.x, np.float32))).numpy()
         relative = np.linalg.norm((np.asarray(split.y) - clean).reshape(len(split), -1), axis=1)
         relative /= np.linalg.norm(clean.reshape(len(split), -1), axis=1)

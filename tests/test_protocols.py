@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from genrecon.data.base import Split, TrainingPairs
+from genrecon.data.base import Dataset, Split, TrainingPairs
 from genrecon.data.lodopab import LoDoPaB
 from genrecon.evaluation import protocols
 from genrecon.methods import method_class
+from genrecon.methods.base import PosteriorSampler
 from genrecon.training import fit, load_model
 
 TRAIN = {
@@ -177,3 +179,149 @@ def test_training_noise_is_added_after_padding_then_clipped(ct):
     free = method.build({**spec, "noise_clip": None})
     assert free.perturbed(x, torch.Generator().manual_seed(0)).min() < 0.0  # no clip: Gaussian
     assert torch.equal(free.perturbed(x, None), free.flow.pad(x))  # validation: untouched
+
+
+# --- exploding inverses, single-sample quality, pixel-wise spread (fake sampler, no training) ---
+
+SIZE, NUM = 8, 6
+
+
+class ScriptedSampler(PosteriorSampler):
+    """Seeded Gaussian draws around the truth, with chosen draws of chosen images broken.
+
+    `broken[image] = [(draw, kind, pixels)]`: kind 'nan', 'inf' or 'big' (a finite value far
+    outside the plausible range) written into the first `pixels` pixels of that draw.
+    """
+
+    name = "scripted"
+
+    def __init__(self, truths: np.ndarray, broken: dict[int, list[tuple[int, str, int]]]):
+        self.truths, self.broken = truths, broken
+
+    def sample(self, y, physics, cond, index, num):
+        gen = torch.Generator().manual_seed(index)
+        out = torch.from_numpy(self.truths[index]) + 0.05 * torch.randn(
+            (num, SIZE, SIZE), generator=gen
+        )
+        values = {"nan": float("nan"), "inf": float("inf"), "big": 1e6}
+        for draw, kind, pixels in self.broken.get(index, []):
+            out[draw].view(-1)[:pixels] = values[kind]
+        return out
+
+
+def _fake_split(n: int = 4) -> Split:
+    rng = np.random.default_rng(0)
+    x = rng.random((n, SIZE, SIZE)).astype(np.float32)
+    return Split(x=x, y=x.copy())
+
+
+def _run(tmp_path, broken, num=NUM, counts=(1, 2, 6)):
+    split = _fake_split()
+    sampler = ScriptedSampler(np.asarray(split.x), broken)
+    settings = {"num_samples": num, "clip": [0.0, 1.0], "sample_counts": list(counts)}
+    summary = protocols.posterior(sampler, Dataset({}, 0), split, None, settings, tmp_path)
+    return summary, sampler, split
+
+
+def test_exploding_draws_are_counted_exactly_and_flag_the_run(tmp_path):
+    broken = {
+        0: [(2, "nan", 3), (4, "inf", 1)],  # two non-finite draws, 4 bad pixels
+        1: [(0, "big", 5), (3, "big", 2), (3, "nan", 1)],  # draw 3 is both: counted non-finite
+        3: [(d, "nan", 1) for d in range(NUM)],  # every draw: no estimate for image 3
+    }
+    summary, _, _ = _run(tmp_path, broken)
+    boom = summary["exploding"]
+    assert boom["samples"] == 4 * NUM
+    assert boom["nonfinite_samples"] == 2 + 1 + NUM
+    assert boom["nonfinite_pixels"] == 4 + 1 + NUM
+    assert boom["out_of_range_samples"] == 1  # draw 0 of image 1; its draw 3 is non-finite
+    assert boom["out_of_range_pixels"] == 5
+    assert boom["finite_samples"] == 4 * NUM - boom["nonfinite_samples"]
+    assert (boom["images_with_nonfinite"], boom["images_with_out_of_range"]) == (3, 1)
+    assert boom["images_without_finite_sample"] == 1 and boom["flagged"] is True
+    # image 3 has no estimate: it is not scored, and n says so; nothing became NaN
+    for block in (*summary["estimators"].values(), summary["single_sample"]):
+        assert block["n"] == 3 and np.isfinite(block["psnr_mean"])
+    per_image = pd.read_csv(tmp_path / "per_image.csv")
+    mean_rows = per_image[per_image.estimator == "mean"].set_index("index")
+    assert list(mean_rows["nonfinite_samples"]) == [2, 1, 0, NUM]
+    assert list(mean_rows["out_of_range_pixels"]) == [0, 5, 0, 0]
+    assert np.isnan(mean_rows.loc[3, "psnr"]) and np.isfinite(mean_rows.loc[:2, "psnr"]).all()
+    # image 0's first draw is fine, image 1's first draw is the out-of-range one (kept)
+    assert mean_rows.loc[1, "sample_psnr"] < mean_rows.loc[0, "sample_psnr"] - 20
+
+
+def test_non_finite_draws_are_left_out_of_the_mean_not_poisoning_it(tmp_path):
+    broken = {0: [(1, "nan", 2), (5, "inf", 1)]}
+    summary, sampler, split = _run(tmp_path, broken)
+    draws = sampler.sample(None, None, None, 0, NUM)
+    finite = draws[[0, 2, 3, 4]].double().mean(0).float().numpy()
+    expected = Dataset({}, 0).metrics(finite[None], np.asarray(split.x[:1]))[0]
+    per_image = pd.read_csv(tmp_path / "per_image.csv")
+    row = per_image[(per_image["index"] == 0) & (per_image.estimator == "mean")].iloc[0]
+    assert row["psnr"] == pytest.approx(expected["psnr"], rel=1e-6)
+    # the curve's k = 2 uses the finite draws among the first two: draw 0 alone
+    one = Dataset({}, 0).metrics(draws[:1].numpy(), np.asarray(split.x[:1]))[0]
+    assert protocols.running_means(draws, [2], torch.isfinite(draws).flatten(1).all(1))[2] == (
+        pytest.approx(draws[0].numpy())
+    )
+    assert row["sample_psnr"] == pytest.approx(one["psnr"])
+    assert summary["estimators"]["mean"]["n"] == 4
+
+
+def test_single_sample_and_pixel_std_come_from_the_same_draws(tmp_path):
+    summary, sampler, split = _run(tmp_path, {})
+    dataset, truths = Dataset({}, 0), np.asarray(split.x)
+    draws = [sampler.sample(None, None, None, i, NUM).numpy() for i in range(len(split))]
+    first = [dataset.metrics(d[:1], t[None])[0] for d, t in zip(draws, truths, strict=True)]
+    assert summary["single_sample"]["psnr_mean"] == pytest.approx(
+        np.mean([m["psnr"] for m in first])
+    )
+    assert summary["single_sample"]["ssim_std"] == pytest.approx(np.std([m["ssim"] for m in first]))
+    one = [c for c in summary["curves"]["num_samples"] if c["num_samples"] == 1]
+    assert one[0]["estimator"] == "mean" and one[0]["psnr_mean"] == pytest.approx(
+        summary["single_sample"]["psnr_mean"]
+    )
+    per_image = np.array([np.std(d.astype(np.float64), axis=0).mean() for d in draws])
+    assert summary["pixel_std"]["pixel_std_mean"] == pytest.approx(per_image.mean(), rel=1e-9)
+    assert summary["pixel_std"]["pixel_std_std"] == pytest.approx(per_image.std(), rel=1e-6)
+    assert summary["pixel_std"]["n"] == len(split)
+
+
+def test_single_sample_is_measured_even_when_the_curve_skips_k_1(tmp_path):
+    summary, _, _ = _run(tmp_path, {}, counts=(2, 6))
+    assert [c["num_samples"] for c in summary["curves"]["num_samples"]] == [2, 6, 2, 6]
+    assert summary["single_sample"]["n"] == 4
+
+
+def test_well_behaved_draws_give_zero_counts_and_no_flag(tmp_path):
+    summary, _, _ = _run(tmp_path, {})
+    boom = summary["exploding"]
+    assert boom["flagged"] is False
+    for key in ("nonfinite_samples", "nonfinite_pixels", "out_of_range_samples"):
+        assert boom[key] == 0
+    assert boom["out_of_range_pixels"] == 0 and boom["finite_samples"] == 4 * NUM
+
+
+def test_plausible_range_is_the_truths_range_widened_by_its_data_range():
+    truth = np.array([[0.2, 0.5], [0.3, 0.6]])
+    low, high = protocols.plausible_range(truth)
+    assert (low, high) == pytest.approx((0.2 - 0.4, 0.6 + 0.4))
+    check = protocols.draw_check(
+        torch.tensor([[[-0.19, 0.99]], [[-0.21, 0.5]], [[0.5, 1.01]]]), (low, high)
+    )
+    assert check["out_of_range_samples"] == 2 and check["out_of_range_pixels"] == 2
+
+
+def test_out_of_range_draws_alone_flag_the_run_and_stay_in_the_mean(tmp_path):
+    clean, _, _ = _run(tmp_path / "clean", {})
+    summary, _, _ = _run(tmp_path / "big", {2: [(1, "big", 1)]})
+    boom = summary["exploding"]
+    assert boom["flagged"] is True and boom["nonfinite_samples"] == 0
+    assert (boom["out_of_range_samples"], boom["out_of_range_pixels"]) == (1, 1)
+    assert summary["estimators"]["mean"]["n"] == 4  # kept: every image still scored ...
+    assert summary["estimators"]["mean"]["psnr_mean"] < clean["estimators"]["mean"]["psnr_mean"]
+    # ... where it costs the unclipped mean tens of dB, the clipped mean (clipped to 1) little
+    clipped = summary["estimators"]["clipped_mean"]["psnr_mean"]
+    assert clipped > summary["estimators"]["mean"]["psnr_mean"] + 20
+    assert clipped > clean["estimators"]["clipped_mean"]["psnr_mean"] - 1

@@ -35,9 +35,10 @@ from genrecon.report import (
     validate_tables,
     write_numbers,
 )
-from genrecon.report.numbers import read_source, std_source
+from genrecon.report.numbers import FLAG, FLAG_TEXT, read_source, std_source
 from genrecon.report.settings import facts, scale_note
-from genrecon.report.tables import load_numbers
+from genrecon.report.spec import DRAW_COLUMNS
+from genrecon.report.tables import flag_footnote, load_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "reference" / "paper_results.yaml"
@@ -72,8 +73,29 @@ def _stats(seed: float) -> dict:
     }
 
 
-def write_results(project: Path, settings: dict) -> Path:
-    """Result files, in the pipeline's formats, for every experiment that runs at this scale."""
+def _exploding(n: int, k: int, flagged: bool) -> dict:
+    """summary.json's `exploding` block; a flagged run has 3 NaN samples and 2 out of range."""
+    bad = (3, 7, 2, 5) if flagged else (0, 0, 0, 0)
+    return {
+        "n": n,
+        "samples": n * k,
+        "finite_samples": n * k - bad[0],
+        "nonfinite_samples": bad[0],
+        "nonfinite_pixels": bad[1],
+        "out_of_range_samples": bad[2],
+        "out_of_range_pixels": bad[3],
+        "images_with_nonfinite": int(flagged),
+        "images_with_out_of_range": int(flagged),
+        "images_without_finite_sample": 0,
+        "flagged": flagged,
+    }
+
+
+def write_results(project: Path, settings: dict, flagged: tuple[str, ...] = ()) -> Path:
+    """Result files, in the pipeline's formats, for every experiment that runs at this scale.
+
+    Posterior experiments named in `flagged` drew exploding samples (their summary says so).
+    """
     results = project / "results" / "smoke"
     counts = settings["evaluate"]["sample_counts"]
     for i, (exp, row) in enumerate(settings["experiments"].items()):
@@ -97,6 +119,14 @@ def write_results(project: Path, settings: dict) -> Path:
         }
         if posterior:
             summary |= {"num_samples": k, "clip": [0, 1]}
+            summary["single_sample"] = {**_stats(i - 3), "n": n, "label": "first draw"}
+            summary["pixel_std"] = {
+                "n": n,
+                "pixel_std_mean": 0.02 + i / 1000,
+                "pixel_std_std": 0.004,
+                "label": "pixel-wise std",
+            }
+            summary["exploding"] = _exploding(n, k, exp in flagged)
             summary["curves"] = {
                 "num_samples": [
                     {"num_samples": c, "estimator": est, **_stats(i + j / 10), "n": n}
@@ -345,7 +375,16 @@ def test_page_tables_set_ours_paper_and_delta_in_one_row(project, spec, smoke, p
     assert frame.loc["FBP", ("PSNR (dB)", "paper")] == "–"
     assert frame.loc["FBP", ("PSNR (dB)", "Δ")] == "–"
     assert list(frame.index).count("cINN, normal base") == 1
-    for table_id in ("s000_table3", "s001_table1", "s000_table4", "s000_table1", "training"):
+    for table_id in (
+        "s000_table3",
+        "s001_table1",
+        "s000_table4",
+        "s000_table1",
+        "training",
+        "lodopab_base_sampling",
+        "lodopab_exploding",
+        "mnist_exploding",
+    ):
         cells = table_frame(numbers, spec, table_id).to_numpy().ravel()
         assert not [c for c in cells if not isinstance(c, str) or c.lower() in ("nan", "")]
     wide = table_frame(numbers, spec, "s001_table1")
@@ -353,6 +392,116 @@ def test_page_tables_set_ours_paper_and_delta_in_one_row(project, spec, smoke, p
     assert wide.loc["FBP + U-Net", ("PSNR (dB)", "paper")] == "35.90"
     sweep = table_frame(numbers, spec, "s000_table4")
     assert sweep.loc["cINN, normal base, λ = 1", ("SSIM", "paper")] == "0.783 ± 0.148"
+
+
+# --- posterior draws: exploding inverses, one sample, spread -----------------------------------
+
+
+def test_draws_tables_read_counts_and_spread_from_the_summary(project, spec, smoke, paper):
+    rows, out = build(project, spec, smoke, paper)
+    path = project / "results/smoke/eval/lodopab_ms_radial/summary.json"
+    summary = json.loads(path.read_text())
+    spread = pick(rows, table="lodopab_base_sampling", row="lodopab_ms_radial", metric="pixel_std")
+    assert len(spread) == 1 and spread[0]["who"] == "ours"
+    assert float(spread[0]["value"]) == summary["pixel_std"]["pixel_std_mean"]
+    assert float(spread[0]["std"]) == summary["pixel_std"]["pixel_std_std"]
+    assert spread[0]["source"].endswith("lodopab_ms_radial/summary.json#/pixel_std/pixel_std_mean")
+    one = pick(rows, table="lodopab_base_sampling", row="lodopab_ms_radial", metric="sample_psnr")
+    assert float(one[0]["value"]) == summary["single_sample"]["psnr_mean"]
+    counts = pick(rows, table="lodopab_exploding", row="lodopab_ms_radial")
+    assert {r["metric"]: r["value"] for r in counts} == {
+        "samples": str(100 * 100),
+        "nonfinite_samples": "0",
+        "nonfinite_pixels": "0",
+        "out_of_range_samples": "0",
+        "out_of_range_pixels": "0",
+        "unscored_images": "0",
+    }
+    assert all(r["std"] == "" and r["note"] == "" for r in counts)  # counts: no std, no flag
+    assert check_numbers(out, project) == len(rows)
+    numbers = load_numbers(out)
+    frame = table_frame(numbers, spec, "lodopab_base_sampling")
+    assert list(frame.index) == ["cINN, normal base", "cINN, radial base", "iUNet, normal base"]
+    assert frame.loc["cINN, radial base", "mean pixel-wise std"] == (
+        f"{summary['pixel_std']['pixel_std_mean']:.4f} ± 0.0040"
+    )
+    line = table_frame(numbers, spec, "mnist_exploding").loc["cINN, A⁺y input"]
+    assert line["samples drawn"] == "20,000" and line["samples with NaN/inf (left out)"] == "0"
+    for table_id in spec["tables"]:  # a clean run: no marker and no footnote anywhere
+        assert flag_footnote(numbers, table_id) == ""
+        if spec["tables"][table_id]["kind"] != "curves":
+            assert not [i for i in table_frame(numbers, spec, table_id).index if FLAG in i]
+
+
+def test_a_flagged_run_is_noted_marked_and_footnoted(tmp_path, spec, smoke, paper):
+    (tmp_path / "reference").mkdir()
+    shutil.copy(PAPER, tmp_path / "reference" / "paper_results.yaml")
+    write_results(tmp_path, smoke, flagged=("lodopab_ms_normal",))
+    rows, out = build(tmp_path, spec, smoke, paper)
+    note = pick(rows, table="s000_table3", row="lodopab_ms_normal:mean", metric="psnr")[0]["note"]
+    assert note == (
+        "mean of 100 unclipped samples; ⚠ exploding inverses: 3 of 10000 samples with NaN/inf "
+        "pixels (left out of the means), 2 of 10000 finite samples out of range (kept)"
+    )
+    for table_id in ("s000_table3", "s001_fig4", "lodopab_exploding", "lodopab_base_sampling"):
+        ours = pick(rows, table=table_id, experiment="lodopab_ms_normal", who="ours")
+        assert ours and all(FLAG_TEXT in r["note"] for r in ours), table_id
+    assert not [r for r in rows if r["experiment"] != "lodopab_ms_normal" and FLAG in r["note"]]
+    assert not [r for r in pick(rows, table="s000_table4") if FLAG in r["note"]]  # own samples
+    assert check_numbers(out, tmp_path) == len(rows)
+
+    numbers = load_numbers(out)
+    frame = table_frame(numbers, spec, "s000_table3")
+    assert "cINN, normal base ⚠" in frame.index and "cINN, radial base" in frame.index
+    assert "cINN, normal base" not in frame.index
+    flagged_line = frame.loc["cINN, normal base ⚠"]
+    assert flagged_line[("", "our estimator")] == "mean of 100 unclipped samples"
+    assert flagged_line[("PSNR (dB)", "paper")] == "34.99 ± 4.26"  # still beside the paper
+    assert "cINN, normal base ⚠</th>" in frame.to_html()  # the marker the page renders
+    counts = table_frame(numbers, spec, "lodopab_exploding").loc["cINN, normal base ⚠"]
+    assert counts["samples with NaN/inf (left out)"] == "3"
+    assert counts["NaN/inf pixels"] == "7" and counts["pixels out of range"] == "5"
+    footnote = flag_footnote(numbers, "s000_table3")
+    assert footnote.startswith("⚠ exploding inverses (Denker et al. 2021, Sec. 5.1)")
+    assert footnote.count("\n- ⚠ ") == 1 and "- ⚠ cINN, normal base: exploding inverses: 3" in (
+        footnote
+    )
+    assert flag_footnote(numbers, "s000_table1") == ""  # MNIST runs are clean
+    assert flag_footnote(numbers, "s001_fig4").count("\n- ⚠ ") == 1  # one per run, not per k
+
+
+def test_validate_tables_checks_draws_tables(spec, params, paper):
+    sheet = sheet_by_scale(params)
+    bad = copy.deepcopy(spec)
+    bad["tables"]["lodopab_exploding"]["rows"].append({"label": "FBP", "experiment": "lodopab_fbp"})
+    with pytest.raises(SpecError, match="'lodopab_fbp' draws no posterior samples"):
+        validate_tables(bad, sheet, paper)
+    bad = copy.deepcopy(spec)
+    bad["tables"]["lodopab_exploding"]["columns"].append("nan_pixels")
+    with pytest.raises(SpecError, match="'nan_pixels' is not one of"):
+        validate_tables(bad, sheet, paper)
+    bad = copy.deepcopy(spec)
+    bad["tables"]["lodopab_exploding"]["rows"][0]["estimator"] = "mean"
+    with pytest.raises(SpecError, match=r"rows\[0\]\.estimator: draws rows take no estimator"):
+        validate_tables(bad, sheet, paper)
+    bad = copy.deepcopy(spec)
+    bad["tables"]["lodopab_exploding"]["rows"][0]["paper"] = "multiscale_normal_noise"
+    with pytest.raises(SpecError, match="a draws table carries no paper numbers"):
+        validate_tables(bad, sheet, paper)
+    bad = copy.deepcopy(spec)
+    bad["tables"]["s000_table3"]["columns"] = ["samples"]
+    with pytest.raises(SpecError, match="s000_table3"):
+        validate_tables(bad, sheet, paper)
+    bad = copy.deepcopy(spec)
+    del bad["tables"]["mnist_exploding"]["columns"]
+    with pytest.raises(SpecError, match="'columns' is a required property"):
+        validate_tables(bad, sheet, paper)
+
+
+def test_schema_lists_exactly_the_draws_columns_the_code_reads():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/tables.schema.yaml").read_text())
+    enum = schema["$defs"]["table"]["properties"]["columns"]["items"]["enum"]
+    assert enum == list(DRAW_COLUMNS)
 
 
 def test_check_numbers_accepts_a_faithful_table(project, spec, smoke, paper):
@@ -544,7 +693,7 @@ def test_pages_render_from_fixture_results(tmp_path, spec, smoke, paper, params,
     project = tmp_path
     (project / "reference").mkdir()
     shutil.copy(PAPER, project / "reference" / "paper_results.yaml")
-    results = write_results(project, smoke)
+    results = write_results(project, smoke, flagged=("lodopab_ms_radial",))
     numbers = project / "results" / "report" / "numbers.csv"
     report = numbers.parent
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -576,3 +725,19 @@ def test_pages_render_from_fixture_results(tmp_path, spec, smoke, paper, params,
     lodopab = (report / "lodopab.html").read_text()
     assert lodopab.count("compare gaps, not absolute values") == 1
     assert "34.99 ± 4.26" in lodopab and "the test set (100 images)" in lodopab
+    # the flagged run: marked rows, its footnote, its counts; the MNIST page stays clean
+    assert "cINN, radial base ⚠</th>" in lodopab and "cINN, normal base ⚠" not in lodopab
+    assert "exploding inverses (Denker et al. 2021, Sec. 5.1): the run behind" in lodopab
+    assert "Exploding inverses on LoDoPaB-CT" in lodopab and "samples drawn" in lodopab
+    assert "mean pixel-wise std" in lodopab
+    mnist = (report / "mnist.html").read_text()
+    assert "Exploding inverses on MNIST" in mnist and "⚠</th>" not in mnist
+
+
+def test_a_summary_without_draw_counts_fails_naming_the_file(project, spec, smoke, paper):
+    path = project / "results/smoke/eval/mnist_ms_tikhonov/summary.json"
+    data = json.loads(path.read_text())
+    del data["exploding"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(KeyError, match=r"mnist_ms_tikhonov/summary.json: no /exploding/samples"):
+        build(project, spec, smoke, paper)

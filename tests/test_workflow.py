@@ -66,17 +66,19 @@ def test_paper_dry_run_lists_the_full_reproduction(tmp_path):
     paper = _sheet("paper")
     rows = paper["experiments"]
     trainable = [e for e, row in rows.items() if method_class(row["method"]).trainable]
-    assert jobs["download"] == jobs["prepare"] == len(paper["datasets"])
-    assert jobs["fit"] == len(trainable) == 6
+    used = {row["dataset"] for row in rows.values()}  # a dataset no row reads is not prepared
+    assert jobs["download"] == jobs["prepare"] == len(used) == 2
+    assert jobs["fit"] == len(trainable) == 14  # + Table 2: lodopab_ms_avgpool, lodopab_ms_cnn
     assert jobs["reconstruct"] == len(rows)
-    assert jobs["sweep"] == sum(len(row["sweeps"]) for row in rows.values()) == 4
+    assert jobs["sweep"] == sum(len(row["sweeps"]) for row in rows.values()) == 5
     assert jobs["notebook"] == 3 and jobs["index"] == 1
     assert "results/paper/models/lodopab_ms_radial_nonoise/best.pt" in out.stdout
 
 
 def test_smoke_dry_run_needs_no_download():
     jobs = planned_jobs(snakemake("-n", "--forceall").stdout)
-    assert "download" not in jobs and jobs["prepare"] == len(_sheet("smoke")["datasets"])
+    used = {row["dataset"] for row in _sheet("smoke")["experiments"].values()}
+    assert "download" not in jobs and jobs["prepare"] == len(used)
 
 
 def test_config_may_only_choose_the_scale():
@@ -96,13 +98,19 @@ def _tiny(params: dict) -> dict:
     )
     s["datasets"]["mnist"]["splits"] = {"train": 40, "validation": 10, "test": 6}
     tiny = {"blocks_per_level": 1, "cond_channels": [4, 8, 8], "cond_features": 4, "dense_cond": 8}
-    s["architectures"]["lodopab"] = {
-        **tiny,
-        "levels": 2,
-        "cond_levels": 1,
-        "uncond_blocks": 1,
-        "dense_dim": 16,
-    }
+    # every multi-scale CT block (Table 2's conditioning-net variants share `lodopab`'s layout)
+    for name, arch in params["architectures"].items():
+        if name.startswith("lodopab") and arch.get("kind", "multiscale") == "multiscale":
+            s["architectures"][name] = {
+                **tiny,
+                "levels": 2,
+                "cond_levels": 1,
+                "uncond_blocks": 1,
+                "dense_dim": 16,
+            }
+    for name, arch in params["architectures"].items():
+        if arch.get("kind") == "iunet":
+            s["architectures"][name] = {"levels": 2, "depth": 1}
     s["architectures"]["mnist"] = {**tiny, "dense_dim": 32, "dense_blocks": 1}
     for dataset in ("lodopab", "mnist"):
         s["train"][dataset] = {
@@ -119,6 +127,9 @@ def _tiny(params: dict) -> dict:
         for name, row in params["experiments"].items()
         if row["method"] == "tv"
     }
+    for name, row in params["experiments"].items():  # rows with their own step counts
+        if "steps" in row.get("train", {}):
+            s["experiments"][name] = {"train": {"steps": 4, "val_every": 2}}
     return params
 
 

@@ -155,6 +155,15 @@ def cmd_reconstruct(args, params, settings) -> None:
             mlflow.log_metrics(
                 {f"{estimator}_{k}": v for k, v in stats.items() if isinstance(v, float)}
             )
+        for block in ("single_sample", "pixel_std", "exploding"):  # posterior protocol only
+            stats = summary.get(block) or {}
+            mlflow.log_metrics(
+                {
+                    f"{block}_{k}": float(v)
+                    for k, v in stats.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
         payload = {
             "experiment": args.experiment,
             "method": row["method"],

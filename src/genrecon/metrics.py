@@ -14,6 +14,12 @@ def data_range(truth: np.ndarray) -> float:
     return float(truth.max() - truth.min())
 
 
+# The plausible range of a posterior sample, in units of the ground truth's data range L: a
+# pixel more than RANGE_MARGIN·L outside [min(gt), max(gt)] counts as out of range (an exploding
+# inverse; genrecon.evaluation.protocols.plausible_range says why this rule).
+RANGE_MARGIN = 1.0
+
+
 def psnr(reconstruction: np.ndarray, truth: np.ndarray) -> float:
     mse = float(np.mean((np.asarray(reconstruction, np.float64) - truth) ** 2))
     if mse == 0:

@@ -2,7 +2,8 @@
 
 The seed authors' model (cinn_for_imaging, networks/cinn.py + cond_net.py): learned invertible
 downsampling, unconditioned couplings, conditioned GLOW sections with ActNorm, and a dense final
-section; see `ConditionalMultiscaleFlow._build_flow` and `conditioning.ResNetConditioningNet`.
+section; see `ConditionalMultiscaleFlow._build_flow` and `conditioning.ResNetConditioningNet`
+(the default H; `Architecture.cond_net` picks one of Table 2's three).
 
 Built from FrEIA blocks. Images are reflect-padded so that every level halves evenly
 (LoDoPaB: 362 -> 384).
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrecon.models.base import make_base
-from genrecon.models.conditioning import ResNetConditioningNet
+from genrecon.models.conditioning import CONDITIONING_NETS
 from genrecon.models.downsampling import LearnedInvertibleDownsampling
 
 
@@ -35,6 +36,8 @@ class Architecture:
       cond_channels: the widths of the conditioning chain (levels + 1 entries); head i uses the
         first i + 1, the dense head all of them (theirs: [4, 16, 32, 64, 64, 32]).
       cond_features: width of the conditioning net's stem.
+      cond_net: which conditioning network H (seed 000 Table 2; `conditioning.CONDITIONING_NETS`):
+        "resnet" (the authors' default and ours), "cnn" or "avgpool".
       dense_dim / dense_cond: dimensions of the dense section / of its condition vector.
       split: after the downsampling of every level but the first, half the channels go to z.
       uncond_blocks: unconditioned 1x1-subnet couplings after every downsampling.
@@ -55,6 +58,16 @@ class Architecture:
     uncond_blocks: int = 2
     dense_blocks: int = 2
     act_norm: bool = True
+    cond_net: str = "resnet"
+
+    def __post_init__(self) -> None:
+        # here rather than in from_config: a direct construction is checked too, and a typo must
+        # not silently fall back to the default network
+        if self.cond_net not in CONDITIONING_NETS:
+            raise ValueError(
+                f"architecture: unknown cond_net {self.cond_net!r}; known: "
+                f"{sorted(CONDITIONING_NETS)}"
+            )
 
     @classmethod
     def from_config(cls, cfg: dict) -> Architecture:
@@ -127,7 +140,7 @@ class ConditionalMultiscaleFlow(nn.Module):
         self.size = padded_size(image_size, arch.levels)
         self.base = make_base(base)
         self.dim = self.size * self.size
-        self.cond_net = ResNetConditioningNet(
+        self.cond_net = CONDITIONING_NETS[arch.cond_net](
             list(arch.cond_channels), arch.cond_levels, arch.cond_features, arch.dense_cond
         )
         graph = self._build_flow(seed)

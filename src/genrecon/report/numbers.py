@@ -38,6 +38,53 @@ COLUMNS = [
 ]
 
 
+# A row whose run drew exploding samples (seed 000 Sec. 5.1) carries this in its `note`; the page
+# tables mark the row with FLAG and explain it in a footnote (genrecon.report.tables).
+FLAG = "⚠"
+FLAG_TEXT = f"{FLAG} exploding inverses"
+NOTE_SEP = "; "
+
+
+def exploding_note(summary: Mapping[str, Any]) -> str:
+    """The flag text for a flagged posterior run ('' otherwise), with the counts that matter.
+
+    Read from summary.json's `exploding` block, written by the posterior protocol; runs of other
+    protocols (and older summaries) have none and are never flagged.
+    """
+    boom = summary.get("exploding") or {}
+    if not boom.get("flagged"):
+        return ""
+    parts = []
+    if boom.get("nonfinite_samples"):
+        parts.append(
+            f"{boom['nonfinite_samples']} of {boom['samples']} samples with NaN/inf pixels "
+            "(left out of the means)"
+        )
+    if boom.get("out_of_range_samples"):
+        parts.append(
+            f"{boom['out_of_range_samples']} of {boom['samples']} finite samples out of range "
+            "(kept)"
+        )
+    if boom.get("images_without_finite_sample"):
+        parts.append(
+            f"{boom['images_without_finite_sample']} of {boom['n']} images without a finite "
+            "sample (not scored)"
+        )
+    return f"{FLAG_TEXT}: " + ", ".join(parts)
+
+
+def join_note(*parts: str) -> str:
+    return NOTE_SEP.join(part for part in parts if part)
+
+
+def split_note(note: str) -> tuple[str, str]:
+    """(what the estimator is, the exploding-inverse flag text or '') of a numbers.csv note."""
+    at = note.find(FLAG_TEXT)
+    if at < 0:
+        return note, ""
+    return note[:at].rstrip().removesuffix(NOTE_SEP.strip()).rstrip(), note[at:]
+
+
 class NumbersMismatch(ValueError):
     """A numbers.csv row no longer equals the value in its source."""
 
@@ -128,6 +175,8 @@ def numbers_rows(
                 rows += _sweep_rows(tid, table, row, results, root, cite)
             elif kind == "curves":
                 rows += _curve_rows(tid, table, row, results, root)
+            elif kind == "draws":
+                rows += _draw_rows(tid, table, row, results, root)
             elif kind == "training":
                 rows += _training_rows(tid, row, results, root)
     return rows
@@ -191,8 +240,8 @@ def _metric_rows(tid, table, row, results: Path, root: Path) -> list[dict[str, s
             metric=metric,
             value=est[f"{metric}_mean"],
             std=est[f"{metric}_std"],
-            n=summary["n"],
-            note=est.get("label", ""),
+            n=est.get("n", summary["n"]),
+            note=join_note(est.get("label", ""), exploding_note(summary)),
             source=f"{_rel(path, root)}#"
             + _pointer("estimators", row["estimator"], f"{metric}_mean"),
             run_id=summary["run_id"],
@@ -265,11 +314,51 @@ def _curve_rows(tid, table, row, results: Path, root: Path) -> list[dict[str, st
                     value=point[f"{metric}_mean"],
                     std=point[f"{metric}_std"],
                     n=point["n"],
+                    note=exploding_note(summary),
                     source=f"{_rel(path, root)}#"
                     + _pointer("curves", table["curve"], i, f"{metric}_mean"),
                     run_id=summary["run_id"],
                 )
             )
+    return out
+
+
+def _draw_rows(tid, table, row, results: Path, root: Path) -> list[dict[str, str]]:
+    """One line per column of a draws table, read where spec.DRAW_COLUMNS says it lives."""
+    exp = row["experiment"]
+    path = results / "eval" / exp / "summary.json"
+    summary = _read_json(path)
+    note = exploding_note(summary)
+    out = []
+    for column in table["columns"]:
+        where = specs.DRAW_COLUMNS[column].pointer
+        key = where[-1]
+        try:
+            block = _follow(summary, _pointer(*where[:-1]), str(path))
+            block[key]
+        except KeyError as err:
+            raise KeyError(
+                f"{path}: no /{'/'.join(where)} (table {tid} shows {column}); a summary written "
+                "before the posterior protocol counted its draws: rerun its reconstruct job"
+            ) from err
+        std_key = key.removesuffix("_mean") + "_std" if key.endswith("_mean") else None
+        out.append(
+            _row(
+                table=tid,
+                row=exp,
+                who="ours",
+                method=row["label"],
+                experiment=exp,
+                estimator=where[1] if where[0] == "estimators" else "",
+                metric=column,
+                value=block[key],
+                std=block[std_key] if std_key else "",
+                n=block.get("n", summary["n"]),
+                note=note,
+                source=f"{_rel(path, root)}#{_pointer(*where)}",
+                run_id=summary["run_id"],
+            )
+        )
     return out
 
 

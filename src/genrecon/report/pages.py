@@ -16,7 +16,7 @@ from typing import Any
 from genrecon.report import plots
 from genrecon.report import spec as specs
 from genrecon.report.settings import facts, fill, resolve_settings, scale_note
-from genrecon.report.tables import load_numbers, table_frame
+from genrecon.report.tables import flag_footnote, load_numbers, table_frame
 
 ESTIMATOR_NOTE = (
     "The mean of unclipped samples is the paper's estimator and is the number set beside it; "
@@ -24,7 +24,8 @@ ESTIMATOR_NOTE = (
 )
 READING_NOTE = (
     "Each line: ours (mean ± std over images), the paper's number, and Δ = ours − paper; "
-    "– marks a number that does not exist. Every number is a row of numbers.csv with its source."
+    "– marks a number that does not exist; ⚠ a row whose samples exploded (footnote). Every "
+    "number is a row of numbers.csv with its source."
 )
 
 
@@ -154,10 +155,13 @@ class Page:
         metrics = table.get("metrics", ["psnr", "ssim"])
         if table["kind"] == "curves":
             _figure(plots.sample_count_curves(self.numbers, table_id, metrics, labels))
-            return
-        _display(table_frame(self.numbers, self.spec, table_id))
+        else:
+            _display(table_frame(self.numbers, self.spec, table_id))
         if table["kind"] == "sweep":
             _figure(plots.sweep_curves(self.numbers, table_id, table["parameter"], metrics, labels))
+        footnote = flag_footnote(self.numbers, table_id)
+        if footnote:
+            _markdown(footnote)
 
     def show_tables(self) -> None:
         """Every table the spec puts on this page, in the spec's order."""

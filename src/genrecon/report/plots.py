@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from genrecon.report.tables import marked
+
 DEFAULT_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
 
 
@@ -50,7 +52,7 @@ def sample_count_curves(
                 marker="o",
                 ms=4,
                 capsize=3,
-                label=method,
+                label=marked(str(method), group),  # ⚠: its samples exploded (footnote)
             )
         ax.set_xscale("log")
         ax.set_xlabel("samples in the conditional mean")

@@ -8,6 +8,7 @@ key fails at startup with its name, instead of as a missing row on a page nobody
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,45 @@ ESTIMATORS: dict[str, tuple[str, ...]] = {
 }
 NOT_BESIDE_PAPER = ("clipped_mean",)
 PAPER_TABLE_KINDS = ("metrics", "sweep")  # kinds whose rows carry paper numbers
+
+
+@dataclass(frozen=True)
+class DrawColumn:
+    """One column a `draws` table may show: where the posterior summary.json holds it.
+
+    The `draws` kind exists because these numbers are not an estimator's mean ± std (what
+    `metrics` reads) but facts about one experiment's set of posterior draws: how many exploded
+    (seed 000 Sec. 5.1), how good one draw is and how far the draws spread (Sec. 4.2.2). Where
+    the value's key ends in `_mean`, its std sits beside it as `_std`; `n` is the block's own.
+    """
+
+    pointer: tuple[str, ...]  # path in summary.json
+    label: str  # column heading on the page
+    digits: int | None  # None: a count, shown as an integer
+
+
+DRAW_COLUMNS: dict[str, DrawColumn] = {
+    "samples": DrawColumn(("exploding", "samples"), "samples drawn", None),
+    "nonfinite_samples": DrawColumn(
+        ("exploding", "nonfinite_samples"), "samples with NaN/inf (left out)", None
+    ),
+    "nonfinite_pixels": DrawColumn(("exploding", "nonfinite_pixels"), "NaN/inf pixels", None),
+    "out_of_range_samples": DrawColumn(
+        ("exploding", "out_of_range_samples"), "finite samples out of range (kept)", None
+    ),
+    "out_of_range_pixels": DrawColumn(
+        ("exploding", "out_of_range_pixels"), "pixels out of range", None
+    ),
+    "unscored_images": DrawColumn(
+        ("exploding", "images_without_finite_sample"), "images without a finite sample", None
+    ),
+    "sample_psnr": DrawColumn(("single_sample", "psnr_mean"), "PSNR (dB), one sample", 2),
+    "mean_psnr": DrawColumn(("estimators", "mean", "psnr_mean"), "PSNR (dB), cond. mean", 2),
+    "sample_ssim": DrawColumn(("single_sample", "ssim_mean"), "SSIM, one sample", 3),
+    "mean_ssim": DrawColumn(("estimators", "mean", "ssim_mean"), "SSIM, cond. mean", 3),
+    "pixel_std": DrawColumn(("pixel_std", "pixel_std_mean"), "mean pixel-wise std", 4),
+}
+DRAW_PROTOCOL = "posterior"  # the protocol whose summary.json holds DRAW_COLUMNS
 
 
 class SpecError(ValueError):
@@ -121,8 +161,8 @@ def validate_tables(
     sheet: dict[str, Mapping[str, Any]] = {}
     for rows in experiments_by_scale.values():
         for name, row in rows.items():
-            merged = sheet.setdefault(name, dict(row))
-            merged["sweeps"] = sorted({*(merged.get("sweeps") or []), *(row.get("sweeps") or [])})
+            sweeps = {*(sheet.get(name, {}).get("sweeps") or []), *(row.get("sweeps") or [])}
+            sheet[name] = {**row, "sweeps": sorted(sweeps)}
     metrics = spec["metrics"]
 
     for pid, paper in spec["papers"].items():
@@ -166,6 +206,11 @@ def validate_tables(
         for metric in table.get("metrics", []):
             if metric not in metrics:
                 errors.append(f"{where}.metrics: {metric!r} is not in `metrics` ({list(metrics)})")
+        for column in table.get("columns", []):
+            if column not in DRAW_COLUMNS:
+                errors.append(
+                    f"{where}.columns: {column!r} is not a draws column ({', '.join(DRAW_COLUMNS)})"
+                )
         ptable = None
         if "paper" in table:
             if table["paper"] not in spec["papers"]:
@@ -250,6 +295,11 @@ def _check_estimator(table: Mapping, row: Mapping, entry: Mapping, here: str) ->
                 f"{here}.experiment: {row['experiment']!r} does not run sweep "
                 f"{table['sweep']!r} (its sheet row lists {entry.get('sweeps') or []})"
             ]
+        if kind == "draws" and DRAW_PROTOCOL not in (entry.get("protocols") or []):
+            return [
+                f"{here}.experiment: {row['experiment']!r} draws no posterior samples "
+                f"(protocols {entry.get('protocols')}; a draws table needs {DRAW_PROTOCOL!r})"
+            ]
         return []
     allowed: list[str] = []
     for protocol in entry.get("protocols") or []:
@@ -324,7 +374,7 @@ def required_inputs(
         for exp in _experiments(table.get("rows", [])):
             if not runs_here(settings, exp, table):
                 continue
-            if kind in ("metrics", "curves"):
+            if kind in ("metrics", "curves", "draws"):
                 files.append(_join(results_dir, "eval", exp, "summary.json"))
             elif kind == "sweep":
                 files.append(_join(results_dir, "sweeps", table["sweep"], f"{exp}.csv"))

@@ -1,5 +1,8 @@
 """Page tables from numbers.csv: ours and the paper's in ONE row, with Δ, and no NaN cells.
 
+A row whose run drew exploding samples is marked with FLAG and explained in a footnote
+(`flag_footnote`), so a conditional mean that lost samples is never read as a clean number.
+
 The pages read numbers.csv and nothing else for their tables, so a table can never show a number
 that check_numbers has not traced to its source. A number that does not exist (a paper row we do
 not run, an extra row the paper lacks) is shown as "–", never as NaN.
@@ -13,7 +16,18 @@ from typing import Any
 
 import pandas as pd
 
+from genrecon.metrics import RANGE_MARGIN
+from genrecon.report.numbers import FLAG, split_note
+from genrecon.report.spec import DRAW_COLUMNS
+
 MISSING = "–"
+FOOTNOTE = (
+    "{flag} exploding inverses (Denker et al. 2021, Sec. 5.1): the run behind a marked row drew "
+    "samples with NaN/inf pixels, which are left out of its conditional means, curves and "
+    "spread (n counts the images that kept a finite sample), or finite samples with pixels more "
+    "than {m:g}·L outside the ground truth's range [min, max] (L = max − min), which are kept. "
+    "Counts per run: the exploding-inverses table."
+)
 
 
 def load_numbers(path: str | Path) -> pd.DataFrame:
@@ -34,6 +48,36 @@ def delta(ours: str, paper: str, digits: int) -> str:
     if ours in ("", None) or paper in ("", None):
         return MISSING
     return f"{float(ours) - float(paper):+.{digits}f}"
+
+
+def flagged(rows: pd.DataFrame) -> bool:
+    """Whether any of our rows carries the exploding-inverse flag in its note."""
+    ours = rows[rows["who"] == "ours"]
+    return any(split_note(note)[1] for note in ours["note"])
+
+
+def marked(label: str, rows: pd.DataFrame) -> str:
+    """The row label a page shows: with FLAG appended when its run drew exploding samples."""
+    return f"{label} {FLAG}" if flagged(rows) else label
+
+
+def flag_footnote(numbers: pd.DataFrame, table_id: str) -> str:
+    """Markdown under a table with flagged rows: what FLAG means, then each flagged run's counts.
+
+    One line per run (experiment), named by its first row's label, however many rows it has
+    here (both estimators, every k of a curve). '' when no row is flagged: clean tables carry
+    no footnote.
+    """
+    rows = numbers[(numbers["table"] == table_id) & (numbers["who"] == "ours")]
+    runs: dict[str, tuple[str, str]] = {}
+    for _, row in rows.iterrows():
+        flag = split_note(row["note"])[1]
+        if flag:
+            runs.setdefault(row["experiment"], (row["method"], flag.removeprefix(f"{FLAG} ")))
+    if not runs:
+        return ""
+    items = "\n".join(f"- {FLAG} {label}: {flag}" for label, flag in runs.values())
+    return f"{FOOTNOTE.format(flag=FLAG, m=RANGE_MARGIN)}\n\n{items}"
 
 
 def _pick(rows: pd.DataFrame, who: str, metric: str) -> dict[str, str]:
@@ -64,11 +108,42 @@ def metric_frame(numbers: pd.DataFrame, spec: Mapping[str, Any], table_id: str) 
             ]
         first_ours = group[group["who"] == "ours"]
         n = first_ours["n"].iloc[0] if len(first_ours) else ""
-        note = first_ours["note"].iloc[0] if len(first_ours) else ""
+        note = split_note(first_ours["note"].iloc[0])[0] if len(first_ours) else ""
         cells += [n or MISSING, note or MISSING]
         lines.append(cells)
-        index.append(group["method"].iloc[0])
+        index.append(marked(group["method"].iloc[0], group))
     return pd.DataFrame(lines, index=index, columns=pd.MultiIndex.from_tuples(columns))
+
+
+def _count(value: str) -> str:
+    return f"{int(float(value)):,}" if value not in ("", None) else MISSING
+
+
+def draws_frame(numbers: pd.DataFrame, spec: Mapping[str, Any], table_id: str) -> pd.DataFrame:
+    """One line per experiment: the table's draws columns (counts as integers), then n.
+
+    n is the first column's: the run's test images for a count, the images that were scored
+    (kept a finite draw) for a PSNR/SSIM/spread, so a column that lost images shows it.
+    """
+    table = spec["tables"][table_id]
+    rows = numbers[numbers["table"] == table_id]
+    lines, index = [], []
+    for rid in dict.fromkeys(rows["row"]):
+        group = rows[rows["row"] == rid]
+        cells = []
+        for column in table["columns"]:
+            got = _pick(group, "ours", column)
+            digits = DRAW_COLUMNS[column].digits
+            value = got.get("value", "")
+            cells.append(
+                _count(value) if digits is None else fmt(value, got.get("std", ""), digits)
+            )
+        images = _pick(group, "ours", table["columns"][0])
+        cells.append(images.get("n") or MISSING)
+        lines.append(cells)
+        index.append(marked(group["method"].iloc[0], group))
+    headings = [DRAW_COLUMNS[column].label for column in table["columns"]]
+    return pd.DataFrame(lines, index=index, columns=[*headings, "n"])
 
 
 def training_frame(numbers: pd.DataFrame, table_id: str) -> pd.DataFrame:
@@ -113,4 +188,6 @@ def table_frame(numbers: pd.DataFrame, spec: Mapping[str, Any], table_id: str) -
         return training_frame(numbers, table_id)
     if kind == "benchmarks":
         return benchmark_frame(numbers, table_id)
+    if kind == "draws":
+        return draws_frame(numbers, spec, table_id)
     raise ValueError(f"table {table_id}: a {kind} table is shown as a plot")
