@@ -118,11 +118,22 @@ def _subnet(kernel: int | None):
             nn.init.normal_(layer.bias, 0.0, 0.02)
         nn.init.zeros_(layers[-1].weight)
         nn.init.zeros_(layers[-1].bias)
-        return nn.Sequential(
-            layers[0], nn.LeakyReLU(0.01), layers[1], nn.LeakyReLU(0.01), layers[2]
-        )
+        modules = (layers[0], nn.LeakyReLU(0.01), layers[1], nn.LeakyReLU(0.01), layers[2])
+        if kernel is None:
+            return nn.Sequential(*modules)
+        return _ChannelsLast(*modules).to(memory_format=torch.channels_last)
 
     return build
+
+
+class _ChannelsLast(nn.Sequential):
+    """Convolutions in channels-last layout, oneDNN's fast one for these narrow convolutions (as
+    the conditioning net): the paper-scale flow's inverse pass of 8 samples on 2 cores takes
+    0.68 s instead of 0.94 s. Input and output stay in the default layout, because FrEIA's
+    Flatten and Split take views that need it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def padded_size(size: int, levels: int) -> int:
@@ -130,7 +141,61 @@ def padded_size(size: int, levels: int) -> int:
     return int(math.ceil(size / step) * step)
 
 
-class ConditionalMultiscaleFlow(nn.Module):
+class ConditionalImageFlow(nn.Module):
+    """An image flow x <-> z given the inversion-layer output: what the cINN method relies on.
+
+    Subclasses set `image_size`, `size` (the padded size), `dim`, `base`, `cond_net` (inversion
+    image -> list of conditions) and `flow` (FrEIA-style: `flow(x, c=conds, jac=True)` and
+    `rev=True`); the multi-scale cINN and the conditional iUNet share everything below.
+    """
+
+    image_size: int
+    size: int
+    dim: int
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """(b, n, n) or (b, 1, n, n) -> (b, 1, size, size), reflect-padded."""
+        if images.dim() == 3:
+            images = images[:, None]
+        extra = self.size - self.image_size
+        if extra == 0:
+            return images
+        return F.pad(images, (0, extra, 0, extra), mode="reflect")
+
+    def crop(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, : self.image_size, : self.image_size]
+
+    def encode(
+        self, images: torch.Tensor, inversion: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and log|det dz/dx| for images given the inversion-layer output."""
+        cond = self.cond_net(self.pad(inversion))
+        z, logdet = self.flow(self.pad(images), c=cond, jac=True)
+        return z, logdet
+
+    def log_prob(self, images: torch.Tensor, inversion: torch.Tensor) -> torch.Tensor:
+        """log p(x | y) per image of the padded image (nats)."""
+        z, logdet = self.encode(images, inversion)
+        return self.base.log_prob(z) + logdet
+
+    def nll_per_dim(self, images: torch.Tensor, inversion: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood per dimension (nats), one value per image: the training loss."""
+        return -self.log_prob(images, inversion) / self.dim
+
+    @torch.no_grad()
+    def sample(
+        self, inversion: torch.Tensor, num: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """`num` posterior samples for ONE measurement (inversion: (n, n)) -> (num, n, n)."""
+        cond = self.cond_net(self.pad(inversion[None]))
+        cond = [c.expand(num, *c.shape[1:]) for c in cond]
+        # Draw on the CPU from the per-image generator (same numbers on every device), then move.
+        z = self.base.sample(num, self.dim, generator=generator).to(inversion.device)
+        x, _ = self.flow(z, c=cond, rev=True, jac=False)
+        return self.crop(x)
+
+
+class ConditionalMultiscaleFlow(ConditionalImageFlow):
     """x <-> z given the inversion-layer output; `nll`, `sample` and `log_prob` on images."""
 
     def __init__(self, arch: Architecture, image_size: int, base: str = "normal", seed: int = 0):
@@ -259,47 +324,6 @@ class ConditionalMultiscaleFlow(nn.Module):
         z = add([*z_parts, current], Fm.Concat, {"dim": 0}, name="z")
         nodes.append(Ff.OutputNode(z, name="out"))
         return Ff.GraphINN(nodes + conditions)
-
-    def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """(b, n, n) or (b, 1, n, n) -> (b, 1, size, size), reflect-padded."""
-        if images.dim() == 3:
-            images = images[:, None]
-        extra = self.size - self.image_size
-        if extra == 0:
-            return images
-        return F.pad(images, (0, extra, 0, extra), mode="reflect")
-
-    def crop(self, images: torch.Tensor) -> torch.Tensor:
-        return images[:, 0, : self.image_size, : self.image_size]
-
-    def encode(
-        self, images: torch.Tensor, inversion: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and log|det dz/dx| for images given the inversion-layer output."""
-        cond = self.cond_net(self.pad(inversion))
-        z, logdet = self.flow(self.pad(images), c=cond, jac=True)
-        return z, logdet
-
-    def log_prob(self, images: torch.Tensor, inversion: torch.Tensor) -> torch.Tensor:
-        """log p(x | y) per image of the padded image (nats)."""
-        z, logdet = self.encode(images, inversion)
-        return self.base.log_prob(z) + logdet
-
-    def nll_per_dim(self, images: torch.Tensor, inversion: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood per dimension (nats), one value per image: the training loss."""
-        return -self.log_prob(images, inversion) / self.dim
-
-    @torch.no_grad()
-    def sample(
-        self, inversion: torch.Tensor, num: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """`num` posterior samples for ONE measurement (inversion: (n, n)) -> (num, n, n)."""
-        cond = self.cond_net(self.pad(inversion[None]))
-        cond = [c.expand(num, *c.shape[1:]) for c in cond]
-        # Draw on the CPU from the per-image generator (same numbers on every device), then move.
-        z = self.base.sample(num, self.dim, generator=generator).to(inversion.device)
-        x, _ = self.flow(z, c=cond, rev=True, jac=False)
-        return self.crop(x)
 
 
 def build_model(arch_cfg: dict, image_size: int, base: str, seed: int) -> ConditionalMultiscaleFlow:

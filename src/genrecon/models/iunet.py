@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrecon.models.base import make_base
-from genrecon.models.cinn import padded_size
+from genrecon.models.cinn import ConditionalImageFlow, padded_size
 from genrecon.models.conditioning import BatchNormResBlock
 from genrecon.models.downsampling import LearnedInvertibleDownsampling
 
@@ -362,12 +362,10 @@ class ConditioningUNet(nn.Module):
         return [image, *decoded, encoded[-1], *encoded[:-1]]
 
 
-class ConditionalIUNet(nn.Module):
-    """x <-> z given the inversion-layer output; the interface of `ConditionalMultiscaleFlow`.
-
-    `encode`, `log_prob`, `nll_per_dim`, `sample`, `pad`, `crop` and the attributes `dim`, `base`,
-    `image_size`, `size`, `cond_net`, `flow` behave as there, so the cINN method can train and
-    sample it unchanged; `conditioning_output` adds H(y) for the conditioning loss (Eq. 20).
+class ConditionalIUNet(ConditionalImageFlow):
+    """x <-> z given the inversion-layer output, with the multi-scale cINN's interface
+    (`ConditionalImageFlow`), so the cINN method trains and samples it unchanged;
+    `conditioning_output` adds H(y) for the conditioning loss (Eq. 20).
     """
 
     def __init__(
@@ -382,34 +380,6 @@ class ConditionalIUNet(nn.Module):
         self.cond_net = ConditioningUNet(arch.levels, arch.sigmoid)
         self.flow = InvertibleUNet(arch, self.size, seed)
 
-    def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """(b, n, n) or (b, 1, n, n) -> (b, 1, size, size), reflect-padded (as the cINN)."""
-        if images.dim() == 3:
-            images = images[:, None]
-        extra = self.size - self.image_size
-        if extra == 0:
-            return images
-        return F.pad(images, (0, extra, 0, extra), mode="reflect")
-
-    def crop(self, images: torch.Tensor) -> torch.Tensor:
-        return images[:, 0, : self.image_size, : self.image_size]
-
-    def encode(
-        self, images: torch.Tensor, inversion: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and log|det dz/dx| for images given the inversion-layer output."""
-        cond = self.cond_net(self.pad(inversion))
-        return self.flow(self.pad(images), c=cond, jac=True)
-
-    def log_prob(self, images: torch.Tensor, inversion: torch.Tensor) -> torch.Tensor:
-        """log p(x | y) per image of the padded image (nats)."""
-        z, logdet = self.encode(images, inversion)
-        return self.base.log_prob(z) + logdet
-
-    def nll_per_dim(self, images: torch.Tensor, inversion: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood per dimension (nats), one value per image."""
-        return -self.log_prob(images, inversion) / self.dim
-
     def conditioning_image(self, conditions: list[torch.Tensor]) -> torch.Tensor:
         """H(y) (b, n, n) from an already computed `cond_net` output: lets a training step run
         H once for both the likelihood and the conditioning loss (theirs ran it twice)."""
@@ -418,18 +388,6 @@ class ConditionalIUNet(nn.Module):
     def conditioning_output(self, inversion: torch.Tensor) -> torch.Tensor:
         """H(y) in image space, cropped to (b, n, n): the prediction of alpha * MSE(H(y), x)."""
         return self.conditioning_image(self.cond_net(self.pad(inversion)))
-
-    @torch.no_grad()
-    def sample(
-        self, inversion: torch.Tensor, num: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """`num` posterior samples for ONE measurement (inversion: (n, n)) -> (num, n, n)."""
-        cond = self.cond_net(self.pad(inversion[None]))
-        cond = [c.expand(num, *c.shape[1:]) for c in cond]
-        # Draw on the CPU from the per-image generator (same numbers on every device), then move.
-        z = self.base.sample(num, self.dim, generator=generator).to(inversion.device)
-        x, _ = self.flow(z, c=cond, rev=True, jac=False)
-        return self.crop(x)
 
 
 def build_iunet(arch_cfg: dict, image_size: int, base: str, seed: int) -> ConditionalIUNet:
