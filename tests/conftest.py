@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import FrEIA.modules as Fm
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -48,3 +50,20 @@ def tiny_arch() -> dict:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def flow_in_float64(model):
+    """model.double(), with the fixed 1x1 convolutions' inverse and log|det| redone in float64.
+
+    Fm.Fixed1x1Conv computes M^-1 and log|det M| once, in float32, when the model is built; cast
+    to float64 they are off by ~1e-7 per pixel, which over a whole flow exceeds what a float64
+    log-determinant check should tolerate (this once made the check fail by 1.4e-6).
+    """
+    model = model.double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Fm.Fixed1x1Conv):
+                stored = module.M[:, :, 0, 0]
+                module.M_inv.copy_(stored.inverse()[:, :, None, None])
+                module.logDetM.copy_(torch.linalg.slogdet(stored)[1])
+    return model

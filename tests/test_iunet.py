@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import flow_in_float64
 from genrecon.methods.amortised.cinn import CINNModel, CINNPrior
 from genrecon.models.downsampling import LearnedInvertibleDownsampling, haar_matrix
 from genrecon.models.iunet import (
@@ -40,19 +41,6 @@ def _ready(model: ConditionalIUNet, size: int) -> ConditionalIUNet:
     return model.eval()
 
 
-def _float64(model: ConditionalIUNet) -> ConditionalIUNet:
-    """model.double() with the fixed 1x1 convolutions' inverse and log|det| redone in float64
-    (FrEIA computes both once, in float32; see tests/test_models.py `_float64`)."""
-    model = model.double()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, Fm.Fixed1x1Conv):
-                stored = module.M[:, :, 0, 0]
-                module.M_inv.copy_(stored.inverse()[:, :, None, None])
-                module.logDetM.copy_(torch.linalg.slogdet(stored)[1])
-    return model
-
-
 @pytest.mark.parametrize("size", [16, 14])  # 14 is reflect-padded to 16
 def test_roundtrip_is_exact(size):
     torch.manual_seed(0)
@@ -70,7 +58,7 @@ def test_roundtrip_is_exact(size):
 
 def test_logdet_matches_autograd():
     torch.manual_seed(0)
-    model = _float64(_ready(build_iunet(TINY, 8, "normal", 0), 8))
+    model = flow_in_float64(_ready(build_iunet(TINY, 8, "normal", 0), 8))
     resamplings = [
         m for m in model.modules() if isinstance(m, LearnedInvertibleDownsampling)
     ]  # includes the ones inside every LearnedInvertibleUpsampling

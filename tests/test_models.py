@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+from conftest import flow_in_float64
 from genrecon.models.base import NormalBase, RadialBase, make_base
 from genrecon.models.cinn import build_model
 from genrecon.models.downsampling import LearnedInvertibleDownsampling, haar_matrix
@@ -21,23 +22,6 @@ def _perturbed(model):
             if p.requires_grad:  # fixed 1x1 convolutions keep their precomputed inverse
                 p.add_(0.05 * torch.randn_like(p))
     return model.eval()
-
-
-def _float64(model):
-    """model.double(), with the fixed 1x1 convolutions' inverse and log|det| redone in float64.
-
-    Fm.Fixed1x1Conv computes M^-1 and log|det M| once, in float32, when the model is built; cast
-    to float64 they are off by ~1e-7 per pixel, which over a whole flow exceeds what a float64
-    log-determinant check should tolerate (this once made the check fail by 1.4e-6).
-    """
-    model = model.double()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, Fm.Fixed1x1Conv):
-                stored = module.M[:, :, 0, 0]
-                module.M_inv.copy_(stored.inverse()[:, :, None, None])
-                module.logDetM.copy_(torch.linalg.slogdet(stored)[1])
-    return model
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -183,7 +167,7 @@ def test_cinn_roundtrip(tiny_arch, size):
 
 def test_cinn_logdet_matches_autograd(tiny_arch):
     torch.manual_seed(0)
-    model = _float64(_ready(build_model(tiny_arch, 8, "normal", 0), 8))
+    model = flow_in_float64(_ready(build_model(tiny_arch, 8, "normal", 0), 8))
     downs = [m for m in model.blocks.values() if isinstance(m, LearnedInvertibleDownsampling)]
     assert downs and all(
         not torch.allclose(d.matrices()[0], haar_matrix(torch.float64)) for d in downs

@@ -25,6 +25,17 @@ from genrecon.models.conditioning import CONDITIONING_NETS
 from genrecon.models.downsampling import LearnedInvertibleDownsampling
 
 
+def check_keys(cls: type, cfg: dict, what: str) -> None:
+    """A config block for dataclass `cls`: no unknown key, no missing required one, each named."""
+    fields = cls.__dataclass_fields__
+    unknown = set(cfg) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {sorted(unknown)}; known: {sorted(fields)}")
+    missing = {name for name, f in fields.items() if f.default is MISSING} - set(cfg)
+    if missing:
+        raise ValueError(f"{what}: missing keys {sorted(missing)}")
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The `architectures.<name>` block of params.yaml (built by `ConditionalMultiscaleFlow`).
@@ -71,16 +82,7 @@ class Architecture:
 
     @classmethod
     def from_config(cls, cfg: dict) -> Architecture:
-        fields = cls.__dataclass_fields__
-        unknown = set(cfg) - set(fields)
-        if unknown:
-            raise ValueError(
-                f"unknown architecture keys {sorted(unknown)}; known: {sorted(fields)}"
-            )
-        required = {name for name, f in fields.items() if f.default is MISSING}
-        missing = required - set(cfg)
-        if missing:
-            raise ValueError(f"architecture: missing keys {sorted(missing)}")
+        check_keys(cls, cfg, "architecture")
         cfg = dict(cfg)
         cfg["cond_channels"] = tuple(cfg["cond_channels"])
         if not 0 <= cfg["cond_levels"] <= cfg["levels"]:
@@ -149,9 +151,12 @@ class ConditionalImageFlow(nn.Module):
     `rev=True`); the multi-scale cINN and the conditional iUNet share everything below.
     """
 
-    image_size: int
-    size: int
-    dim: int
+    def __init__(self, image_size: int, levels: int, base: str):
+        super().__init__()
+        self.image_size = image_size
+        self.size = padded_size(image_size, levels)  # every level halves evenly
+        self.base = make_base(base)
+        self.dim = self.size * self.size
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """(b, n, n) or (b, 1, n, n) -> (b, 1, size, size), reflect-padded."""
@@ -199,12 +204,8 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
     """x <-> z given the inversion-layer output; `nll`, `sample` and `log_prob` on images."""
 
     def __init__(self, arch: Architecture, image_size: int, base: str = "normal", seed: int = 0):
-        super().__init__()
+        super().__init__(image_size, arch.levels, base)
         self.arch = arch
-        self.image_size = image_size
-        self.size = padded_size(image_size, arch.levels)
-        self.base = make_base(base)
-        self.dim = self.size * self.size
         self.cond_net = CONDITIONING_NETS[arch.cond_net](
             list(arch.cond_channels), arch.cond_levels, arch.cond_features, arch.dense_cond
         )

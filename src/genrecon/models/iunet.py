@@ -21,7 +21,7 @@ this project's `LearnedInvertibleDownsampling` for every resampling.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass
+from dataclasses import dataclass
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrecon.models.base import make_base
-from genrecon.models.cinn import ConditionalImageFlow, padded_size
+from genrecon.models.cinn import ConditionalImageFlow, check_keys
 from genrecon.models.conditioning import BatchNormResBlock
 from genrecon.models.downsampling import LearnedInvertibleDownsampling
 
@@ -74,16 +73,7 @@ class IUNetArchitecture:
 
     @classmethod
     def from_config(cls, cfg: dict) -> IUNetArchitecture:
-        fields = cls.__dataclass_fields__
-        unknown = set(cfg) - set(fields)
-        if unknown:
-            raise ValueError(
-                f"unknown iUNet architecture keys {sorted(unknown)}; known: {sorted(fields)}"
-            )
-        required = {name for name, f in fields.items() if f.default is MISSING}
-        missing = required - set(cfg)
-        if missing:
-            raise ValueError(f"iUNet architecture: missing keys {sorted(missing)}")
+        check_keys(cls, cfg, "iUNet architecture")
         if int(cfg["levels"]) < 2:
             raise ValueError("iUNet architecture: levels must be >= 2 (one down-path level)")
         if int(cfg["depth"]) < 0:
@@ -371,12 +361,8 @@ class ConditionalIUNet(ConditionalImageFlow):
     def __init__(
         self, arch: IUNetArchitecture, image_size: int, base: str = "normal", seed: int = 0
     ):
-        super().__init__()
+        super().__init__(image_size, arch.levels, base)
         self.arch = arch
-        self.image_size = image_size
-        self.size = padded_size(image_size, arch.levels)
-        self.base = make_base(base)
-        self.dim = self.size * self.size
         self.cond_net = ConditioningUNet(arch.levels, arch.sigmoid)
         self.flow = InvertibleUNet(arch, self.size, seed)
 
