@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-@pytest.fixture
-def tiny_lodopab_cfg() -> dict:
+def tiny_lodopab() -> dict:
+    """A LoDoPaB-format synthetic dataset small enough to prepare in a second."""
     return {
         "source": "synthetic",
         "image_size": 16,
@@ -27,6 +27,11 @@ def tiny_lodopab_cfg() -> dict:
         "fbp": {"filter": "Hann", "frequency_scaling": 0.641025641},
         "conditioning_fbp": {"filter": "Hann", "frequency_scaling": 1.0},
     }
+
+
+@pytest.fixture
+def tiny_lodopab_cfg() -> dict:
+    return tiny_lodopab()
 
 
 @pytest.fixture

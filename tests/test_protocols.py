@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import tiny_lodopab
 from genrecon.data.base import Dataset, Split, TrainingPairs
 from genrecon.data.lodopab import LoDoPaB
 from genrecon.evaluation import protocols
@@ -28,17 +29,7 @@ TRAIN = {
 @pytest.fixture(scope="module")
 def ct(tmp_path_factory):
     """A tiny LoDoPaB-format dataset and a cINN trained on it for a few steps."""
-    cfg = {
-        "source": "synthetic",
-        "image_size": 16,
-        "num_angles": 12,
-        "upsample": 2,
-        "photons": 4096,
-        "slices_per_file": 4,
-        "splits": {"train": 8, "validation": 4, "test": 4},
-        "fbp": {"filter": "Hann", "frequency_scaling": 0.641025641},
-        "conditioning_fbp": {"filter": "Hann", "frequency_scaling": 1.0},
-    }
+    cfg = {**tiny_lodopab(), "splits": {"train": 8, "validation": 4, "test": 4}}
     arch = {
         "levels": 2,
         "cond_levels": 2,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ BASES = {"normal": "NormalBase", "radial": "RadialBase"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def _settings(scale: str) -> dict:
     return config.resolve(config.load_params(ROOT / "params.yaml"), scale, ROOT)
 
