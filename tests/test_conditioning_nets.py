@@ -19,6 +19,7 @@ from genrecon.models.cinn import build_model
 from genrecon.models.conditioning import (
     CONDITIONING_NETS,
     AvgPoolConditioningNet,
+    BatchNormResBlock,
     CNNConditioningNet,
     ResNetConditioningNet,
 )
@@ -183,3 +184,128 @@ def test_table2_rows_differ_only_by_the_conditioning_net(settings, scale):
         fit = config.fit_settings(s, row)
         assert fit["variant"]["arch"] == TABLE2_ARCHS[net]
         assert rest(fit) == rest(reference), row
+
+
+# --- the authors' fastMRI conditioning nets (cond_net_mri.py) ---------------------------------
+
+# Their MRI layout: chain [4, 16, 16, 16, 32, 32, 32], 16-channel stem, 64-dim dense condition,
+# 3x3 strided convolutions, ResBlocks with BatchNorm on the sum only, a dense head of 6 halvings
+# (320 -> 5x5). As `architectures.knee` is meant to hold it.
+KNEE = {
+    "levels": 6,
+    "cond_levels": 5,
+    "blocks_per_level": 5,
+    "uncond_blocks": 0,
+    "cond_channels": [4, 16, 16, 16, 32, 32, 32],
+    "cond_features": 16,
+    "dense_dim": 128,
+    "dense_cond": 64,
+    "cond_kernels": [3],
+    "dense_cond_steps": 6,
+    "cond_block_norm": False,
+    "dense_permute": "after",
+}
+KNEE_OPTIONS = {"kernels": (3,), "dense_steps": 6, "block_norm": False}
+
+# Counted from their layer lists (cond_net_mri.py, 320 px); each builds a sixth level head that
+# no coupling consumes (their graph conditions sections 0-4 and the dense block), not built here.
+AUTHORS_KNEE_COUNTS = {
+    # net: (their total, unused sixth head, stem, per-level heads, dense head)
+    "resnet": (626_236, 180_160, 48_056, [1_524, 16_816, 33_584, 50_352, 113_344], 182_400),
+    "cnn": (71_628, 4_640, 48_056, [580, 2_320, 2_320, 2_320, 4_640], 6_752),
+    "avgpool": (3_720, 320, 0, [40, 160, 160, 160, 320], 2_560),
+}
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_knee_parameter_counts_match_the_authors_mri_nets(net):
+    cond = CONDITIONING_NETS[net]([4, 16, 16, 16, 32, 32, 32], 5, 16, 64, **KNEE_OPTIONS)
+    theirs, unused, stem, heads, dense = AUTHORS_KNEE_COUNTS[net]
+    assert _trainable(cond) == theirs - unused
+    assert _trainable(cond.stem) == stem
+    assert [_trainable(h) for h in cond.heads] == heads
+    assert _trainable(cond.dense) == dense
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_knee_nets_give_what_the_condition_nodes_need(net):
+    """64 px stands in for 320: the same 6 halvings, down to 1x1 (the dense head's map)."""
+    torch.manual_seed(0)
+    model = build_model({**KNEE, "cond_net": net}, 64, "normal", 0)
+    expected = [tuple(n.output_dims[0]) for n in model.flow.condition_nodes]
+    assert len(expected) == 6
+    model.train()  # BatchNorm in training mode, as in a training step
+    with torch.no_grad():
+        out = model.cond_net(model.pad(torch.rand(2, 64, 64)))
+    assert [tuple(t.shape) for t in out] == [(2, *dims) for dims in expected]
+    assert all(torch.isfinite(t).all() for t in out)
+
+
+def test_knee_options_shape_the_resnet_net():
+    """Kernels step by step (the last repeating), no BatchNorm inside the ResBlocks, and a dense
+    head of `dense_steps` halvings whose 1x1 convolution takes the width it reached."""
+    chain = [2, 4, 6, 8, 8]
+    net = ResNetConditioningNet(chain, 4, 4, 5, kernels=(7, 5, 3), dense_steps=3, block_norm=False)
+
+    def strided(module):
+        return [
+            m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)
+        ]
+
+    assert [m.kernel_size[0] for m in strided(net.heads[3])] == [7, 5, 3, 3]
+    assert [m.kernel_size[0] for m in strided(net.dense)] == [7, 5, 3]
+    pointwise = [m for m in net.dense if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert [(m.in_channels, m.out_channels) for m in pointwise] == [(6, 8), (8, 5)]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    blocks = [m for m in net.modules() if isinstance(m, BatchNormResBlock)]
+    assert len(norms) == len(blocks) > 0  # one per ResBlock: the norm of the sum
+    assert all(not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.body) for b in blocks)
+    with torch.no_grad():
+        out = net.train()(torch.rand(2, 1, 32, 32))
+    assert [tuple(t.shape[1:]) for t in out] == [(2, 16, 16), (4, 8, 8), (6, 4, 4), (8, 2, 2), (5,)]
+    default = ResNetConditioningNet(chain, 4, 4, 5)  # the CT defaults, positional contract
+    assert [m.kernel_size[0] for m in strided(default.dense)] == [5, 5, 5, 5, 3]
+    assert len([m for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d)]) == 3 * len(
+        [m for m in default.modules() if isinstance(m, BatchNormResBlock)]
+    )
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"dense_steps": 0}, "dense_steps 0 must lie in \\[1, 3\\]"),
+        ({"dense_steps": 4}, "dense_steps 4 must lie in \\[1, 3\\]"),
+        ({"kernels": (4,)}, "kernels \\[4\\] must be odd"),
+        ({"kernels": ()}, "kernels \\[\\] must be odd"),
+    ],
+)
+def test_bad_net_options_are_named(net, options, message):
+    with pytest.raises(ValueError, match=message):
+        CONDITIONING_NETS[net]([2, 4, 4], 2, 4, 4, **options)
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_gradients_reach_every_parameter_of_each_knee_net(net):
+    """As above, in the MRI conventions at 32 px (3 levels, dense head of 3 halvings)."""
+    arch = {
+        **KNEE,
+        "levels": 3,
+        "cond_levels": 2,
+        "blocks_per_level": 2,
+        "cond_channels": [4, 16, 16, 16],
+        "cond_features": 8,
+        "dense_dim": 64,
+        "dense_cond": 32,
+        "dense_cond_steps": 3,
+        "cond_net": net,
+    }
+    torch.manual_seed(0)
+    model = _ready(build_model(arch, 32, "normal", 0), 32)
+    model.nll_per_dim(torch.rand(4, 32, 32), torch.rand(4, 32, 32)).mean().backward()
+    params = dict(model.cond_net.named_parameters())
+    assert params
+    missing = [name for name, p in params.items() if p.grad is None]
+    assert not missing, f"{net}: no gradient for {missing}"
+    dead = [name for name, p in params.items() if p.dim() > 1 and not p.grad.abs().sum() > 0]
+    assert not dead, f"{net}: zero gradient for {dead}"

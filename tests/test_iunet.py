@@ -135,8 +135,12 @@ def test_the_cinn_method_trains_and_scores_it_unchanged():
     `flow.flow(x, c=..., jac=True)`, `flow.base`, `flow.dim`): its loss and its Eq. 22 prior run
     on the iUNet as they are, and the loss equals the model's own NLL per dimension."""
     torch.manual_seed(0)
-    spec = {"architecture": {"kind": "iunet", **TINY}, "image_size": 14, "base": "normal",
-            "seed": 0}
+    spec = {
+        "architecture": {"kind": "iunet", **TINY},
+        "image_size": 14,
+        "base": "normal",
+        "seed": 0,
+    }
     model = CINNModel(spec)
     assert isinstance(model.flow, ConditionalIUNet)
     model.flow = _ready(model.flow, 14)

@@ -221,6 +221,46 @@ def test_volume_metrics_are_fastmris_split_by_acquisition(prepared, rng):
         assert summary["ssim_mean"] == pytest.approx(np.mean(values["ssim"]))
 
 
+def test_volume_scorer_fed_slice_by_slice_equals_the_whole_split_evaluation(prepared, rng):
+    """The protocols feed slices one at a time (two estimators interleaved): the scores must be
+    those of fastMRI's evaluation of the whole split, and a slice without an estimate leaves its
+    volume unscored (counted), never scored on the remaining slices."""
+    dataset, root = prepared
+    split = dataset.split(root, "test")
+    reco = noisy_reconstructions(split, rng).astype(np.float32)  # the protocols' estimates
+    whole = dataset.volume_metrics(split, reco)
+    scorer = dataset.group_scorer(split)
+    dropped = int(split.volume[-1])  # the last volume loses one slice's estimate
+    for i in rng.permutation(len(split)):
+        scorer.add("mean", int(i), reco[i])
+        lost = i == np.flatnonzero(split.volume == dropped)[0]
+        scorer.add("other", int(i), None if lost else reco[i])
+    rows, summary = scorer.finish()
+    by_volume = {(r["estimator"], r["volume"]): r for r in rows}
+    for row in whole["volumes"]:
+        assert by_volume[("mean", row["volume"])]["psnr"] == pytest.approx(row["psnr"], rel=1e-12)
+        assert by_volume[("mean", row["volume"])]["ssim"] == pytest.approx(row["ssim"], rel=1e-12)
+    for label, stats in whole["by_acquisition"].items():
+        assert summary["mean"][label]["psnr_mean"] == pytest.approx(stats["psnr_mean"])
+        assert summary["mean"][label]["n"] == stats["n"]
+    assert summary["mean"]["all"]["n"] == len(whole["volumes"])
+    lost_label = knee.ACQUISITIONS[split.volumes.acquisitions[dropped]]
+    assert summary["other"][lost_label]["unscored"] == 1
+    assert summary["other"][lost_label]["n"] == summary["mean"][lost_label]["n"] - 1
+    assert summary["other"]["all"]["unscored"] == 1
+
+
+def test_a_limit_never_cuts_a_volume_and_batches_stay_within_one(prepared):
+    dataset, root = prepared
+    split = dataset.split(root, "test")
+    for batch in split.batches(3):
+        assert len(set(split.volume[batch])) == 1 and len(batch) <= 3
+    assert np.array_equal(np.concatenate(split.batches(3)), np.arange(len(split)))
+    assert knee.whole_volumes(np.array([0, 0, 0, 1, 1, 2]), 2) == 3
+    assert knee.whole_volumes(np.array([0, 0, 0, 1, 1, 2]), 4) == 5
+    assert knee.whole_volumes(np.array([0, 0, 0, 1, 1, 2]), None) == 6
+
+
 def test_per_volume_regroups_interleaved_slices(rng):
     """Slices of two volumes in any order: each volume scored with its own max, as fastMRI."""
     truths = rng.random((6, 12, 12)) * np.array([1, 5, 1, 5, 1, 5])[:, None, None]
@@ -284,9 +324,10 @@ def test_lazy_split_reads_like_the_array(prepared):
     for pairs in (TrainingPairs(eager, "zero_filled"), TrainingPairs(lazy, "zero_filled")):
         batch = pairs.batch(index)
         np.testing.assert_array_equal(batch["cond"].numpy(), eager.cond["zero_filled"][index])
-    limited = dataset.split(root, "train", limit=2)
-    assert len(limited) == 2 and len(limited.y) == 2
-    np.testing.assert_array_equal(limited.x, eager.x[:2])
+    limited = dataset.split(root, "train", limit=2)  # rounded up to the whole first volume
+    first = int(np.count_nonzero(eager.volume == eager.volume[0]))
+    assert len(limited) == first == len(limited.y) and set(limited.volume) == {eager.volume[0]}
+    np.testing.assert_array_equal(limited.x, eager.x[:first])
 
 
 class ArchiveHandler(http.server.BaseHTTPRequestHandler):

@@ -263,3 +263,196 @@ def test_architecture_keys_are_checked(tiny_arch, cfg, message):
     cfg = {k: v for k, v in {**tiny_arch, **cfg}.items() if v is not None}
     with pytest.raises(ValueError, match=message):
         build_model(cfg, 8, "normal", 0)
+
+
+# --- the seed authors' fastMRI cINN (cinn_mri.py, cond_net_mri.py, train/mri_cinn.py) ---------
+
+# As params.yaml's `architectures.knee` is meant to hold it: their MRI run's settings
+# (downsample_levels 6, num_blocks 5, cond_conv_channels [4, 16, 16, 16, 32, 32, 32],
+# cond_fc_size 64, use_act_norm, permutation '1x1', num_fc_blocks 2) and the four points where
+# their MRI code differs from their CT code (3x3 strided head convolutions, a dense head of 6
+# halvings, ResBlocks without inner BatchNorm, dense couplings before their permutations).
+AUTHORS_KNEE = {
+    "levels": 6,
+    "cond_levels": 5,
+    "blocks_per_level": 5,
+    "uncond_blocks": 0,
+    "act_norm": True,
+    "split": True,
+    "cond_channels": [4, 16, 16, 16, 32, 32, 32],
+    "cond_features": 16,
+    "dense_dim": 128,
+    "dense_cond": 64,
+    "dense_blocks": 2,
+    "clamp": 1.5,
+    "cond_kernels": [3],
+    "dense_cond_steps": 6,
+    "cond_block_norm": False,
+    "dense_permute": "after",
+}
+# The same four options at their CT values: what every block that omits them gets.
+CT_OPTIONS = {
+    "cond_kernels": [5, 5, 5, 5, 3],
+    "cond_block_norm": True,
+    "dense_permute": "before",
+}
+
+
+def test_authors_knee_parameter_ledger():
+    """320 px (no padding); counts match the authors' fastMRI cINN, part by part.
+
+    Counted independently from their layer lists (cinn_mri.py `build_inn`,
+    `_add_conditioned_section`, `_add_fc_section`; cond_net_mri.py `ResNetCondNet`, `ResBlock`),
+    trainable parameters only (their fixed 1x1 convolutions and PermuteRandom hold none).
+    Invertible part 2,560,224: the paper's "2.6 Mio" (seed 000 Sec. 4.3). Conditioning net:
+    theirs 626,236, of which 180,160 in the head for the sixth downsampling level: their graph
+    declares cond_5 but no coupling reads it (sections 0-4 and the dense block only). That head
+    is not built here, so ours must have exactly 626,236 - 180,160 = 446,076.
+    """
+    model = build_model(AUTHORS_KNEE, 320, "normal", 0)
+    assert model.size == 320
+    flow, cond = _trainable(model.blocks), _trainable(model.cond_net)
+    print(
+        f"\ninvertible part {flow:,} (authors 2,560,224); conditioning net {cond:,} "
+        f"(authors 626,236 incl. 180,160 unused -> 446,076)"
+    )
+    assert flow == 2_560_224
+    assert cond == 626_236 - 180_160
+
+    parts: dict[str, int] = {}
+    for name, block in model.blocks.items():
+        if not _trainable(block):  # splits, flattens, fixed permutations
+            continue
+        if name.startswith("down"):
+            key = "downsampling"
+        elif name.startswith("dense"):
+            key = "dense"
+        else:  # coupling{l}_{k}, actnorm_coupling{l}_{k}
+            key = f"section{name.split('_')[-2][-1]}"
+        parts[key] = parts.get(key, 0) + _trainable(block)
+    assert parts == {
+        "downsampling": 2_000,  # 6 learned downsamplings of 1/4/8/16/32/64 channels, 16 each
+        "section0": 11_408,  # C=4 at 160 px, condition 4 channels
+        "section1": 115_200,  # C=8 at 80, cond 16
+        "section2": 178_688,  # C=16 at 40, cond 16
+        "section3": 345_984,  # C=32 at 20, cond 16
+        "section4": 1_380_096,  # C=64 at 10, cond 32
+        "dense": 526_848,  # 128 dims, 2 blocks, 64-dim condition
+    }
+    net = model.cond_net
+    assert _trainable(net.stem) == 48_056
+    assert [_trainable(h) for h in net.heads] == [1_524, 16_816, 33_584, 50_352, 113_344]
+    assert _trainable(net.dense) == 182_400
+
+    dims = {
+        n.name: n.output_dims[0] for n in model.flow.node_list if getattr(n, "output_dims", None)
+    }
+    assert dims["down0"] == (4, 160, 160) and "split0" not in dims
+    assert dims["down5"] == (256, 5, 5) and dims["split5"] == (128, 5, 5)
+    assert dims["flatten"] == (3200,) and dims["split_dense"] == (128,)
+    assert not any(name.startswith("uncond") for name in model.blocks)
+    strided = [
+        m for m in net.dense.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)
+    ]
+    assert len(strided) == 6 and {m.kernel_size for m in strided} == {(3, 3)}  # 320 -> 5x5
+    # their dense section: coupling, then permutation (`_add_fc_section`)
+    order = [n.name for n in model.flow.node_list if n.name.startswith("dense_")]
+    assert order == ["dense_coupling0", "dense_perm0", "dense_coupling1", "dense_perm1"]
+
+
+def test_ct_options_spelt_out_build_the_same_model(tiny_arch):
+    """The new keys' defaults are the CT choices: spelling them out changes no weight."""
+    for net in ("resnet", "cnn", "avgpool"):
+        plain = build_model({**tiny_arch, "cond_net": net}, 8, "normal", 5).state_dict()
+        explicit = {**tiny_arch, **CT_OPTIONS, "cond_net": net, "dense_cond_steps": 3}
+        spelt = build_model(explicit, 8, "normal", 5).state_dict()
+        assert sorted(plain) == sorted(spelt)
+        for key in plain:
+            torch.testing.assert_close(plain[key], spelt[key], rtol=0, atol=0)
+
+
+@pytest.fixture
+def tiny_knee(tiny_arch) -> dict:
+    """tiny_arch in the authors' MRI conventions (one dense halving fewer: 8 -> 2x2)."""
+    return {
+        **tiny_arch,
+        "cond_kernels": [3],
+        "dense_cond_steps": 2,
+        "cond_block_norm": False,
+        "dense_permute": "after",
+    }
+
+
+def test_knee_options_roundtrip_and_logdet_matches_autograd(tiny_knee):
+    torch.manual_seed(0)
+    model = _ready(build_model(tiny_knee, 8, "normal", 0), 8).eval()
+    x, c = torch.rand(3, 8, 8), torch.rand(3, 8, 8)
+    z, _ = model.encode(x, c)
+    back, _ = model.flow(z, c=model.cond_net(model.pad(c)), rev=True)
+    torch.testing.assert_close(model.crop(back), x, atol=1e-5, rtol=1e-5)
+
+    model = flow_in_float64(model)
+    x, c = x[:1].double(), c[:1].double()
+    cond = model.cond_net(model.pad(c))
+    _, logdet = model.flow(model.pad(x), c=cond, jac=True)
+
+    def f(flat):
+        out, _ = model.flow(flat.reshape(1, 1, 8, 8), c=cond, jac=False)
+        return out.reshape(-1)
+
+    jacobian = torch.autograd.functional.jacobian(f, x.reshape(-1), vectorize=True)
+    _, expected = torch.linalg.slogdet(jacobian)
+    assert abs(expected.item()) > 1e-2
+    assert logdet.item() == pytest.approx(expected.item(), abs=1e-8)
+
+
+def test_dense_permute_after_differs_from_before_only_in_order(tiny_arch):
+    """Same modules and parameter counts; the graph places each permutation after its
+    coupling. The likelihoods differ (the first coupling sees another partition)."""
+    before = build_model(tiny_arch, 8, "normal", 0)
+    after = build_model({**tiny_arch, "dense_permute": "after"}, 8, "normal", 0)
+    assert sorted(before.blocks) == sorted(after.blocks)
+    assert _trainable(before) == _trainable(after)
+
+    def order(model):
+        return [n.name for n in model.flow.node_list if n.name.startswith("dense_")]
+
+    assert order(before) == ["dense_perm0", "dense_coupling0", "dense_perm1", "dense_coupling1"]
+    assert order(after) == ["dense_coupling0", "dense_perm0", "dense_coupling1", "dense_perm1"]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"cond_kernels": [4]}, "cond_kernels \\(4,\\) must be a non-empty list of odd"),
+        ({"cond_kernels": []}, "cond_kernels \\(\\) must be"),
+        ({"cond_kernels": [3, 0]}, "cond_kernels"),
+        ({"cond_kernels": 3}, "cond_kernels 3 must be"),
+        ({"dense_cond_steps": 0}, "dense_cond_steps 0 must be null or an integer in \\[1, 3\\]"),
+        ({"dense_cond_steps": 4}, "dense_cond_steps 4 must"),
+        ({"dense_cond_steps": 2.0}, "dense_cond_steps 2.0 must"),
+        ({"cond_block_norm": "no"}, "cond_block_norm must be true or false"),
+        ({"dense_permute": "between"}, "dense_permute 'between' must be 'before' or 'after'"),
+    ],
+)
+def test_knee_option_keys_are_checked(tiny_arch, cfg, message):
+    with pytest.raises(ValueError, match=message):
+        build_model({**tiny_arch, **cfg}, 8, "normal", 0)
+
+
+def test_the_paper_scale_sheet_holds_the_authors_architectures():
+    """The counts above are tested on these dicts: params.yaml's paper scale must hold them."""
+    from pathlib import Path
+
+    from genrecon import config
+    from genrecon.models.cinn2020 import PAPER as PAPER_2020
+    from genrecon.models.iunet import PAPER_LODOPAB
+
+    root = Path(__file__).resolve().parents[1]
+    archs = config.resolve(config.load_params(root / "params.yaml"), "paper", root)["architectures"]
+    assert archs["lodopab"] == AUTHORS_LODOPAB
+    assert archs["mnist"] == AUTHORS_MNIST
+    assert archs["knee"] == AUTHORS_KNEE
+    assert archs["lodopab_iunet"] == {"kind": "iunet", **PAPER_LODOPAB}
+    assert archs["knee_iunet"] == {"kind": "iunet", **PAPER_LODOPAB, "depth": 19, "sigmoid": False}
+    assert archs["lodopab_2020"] == {"kind": "cinn2020", **PAPER_2020}

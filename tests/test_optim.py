@@ -421,6 +421,7 @@ CLASSICAL = {
     "tikhonov": {"lam": 0.02},
     "least_squares": {"iterations": 10},
     "tv": {"lam": 0.05, "iterations": 50},
+    "inversion": {},
 }
 
 
@@ -437,7 +438,9 @@ def test_every_classical_method_is_covered_here():
 def test_classical_method_returns_estimate_of_image_shape(gen, name):
     physics = tall_physics(gen)
     y = measure(physics, blocky_images(gen), gen)
-    estimate = method_class(name)(**CLASSICAL[name]).reconstruct(y, physics)
+    method = method_class(name)(**CLASSICAL[name])
+    cond = blocky_images(gen) if method.uses_conditioning else None  # the cached inversion
+    estimate = method.reconstruct(y, physics, cond)
     assert isinstance(estimate, Estimate) and estimate.samples is None
     assert estimate.point.shape == (3, *SHAPE) and torch.isfinite(estimate.point).all()
 
@@ -454,6 +457,10 @@ def test_classical_methods_compute_what_they_name(gen):
     assert method_class("tv")(lam=0.05, iterations=50).reconstruct(y, physics).point.min() >= 0
     ls = method_class("least_squares")(iterations=100, nonneg=True).reconstruct(y, physics)
     assert ls.point.min() >= 0
+    cond = blocky_images(gen)  # the inversion layer alone: its input, untouched
+    assert method_class("inversion")().reconstruct(y, physics, cond).point is cond
+    with pytest.raises(ValueError, match="no conditioning input"):
+        method_class("inversion")().reconstruct(y, physics)
 
 
 def test_operator_specific_methods_name_the_physics_they_refuse(gen):

@@ -77,7 +77,15 @@ def test_posterior_numbers_do_not_depend_on_the_batch_of_samples(ct, tmp_path):
     b = protocols.posterior(
         _method(ct, batch_samples=6), dataset, split, physics, settings, tmp_path
     )
-    assert a == b  # per-image generators: batch size does not change the numbers
+    across = protocols.posterior(  # 4 images per inverse pass, with their batch_samples
+        _method(ct, batch_samples=24),
+        dataset,
+        split,
+        physics,
+        {**settings, "batch_samples": 24},
+        tmp_path,
+    )
+    assert a == b == across  # per-image generators: the batching does not change the numbers
     assert set(a["estimators"]) == {"mean", "clipped_mean"}
     assert "unclipped" in a["estimators"]["mean"]["label"]
     curve = [r for r in a["curves"]["num_samples"] if r["estimator"] == "mean"]

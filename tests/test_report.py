@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from genrecon.data.registry import lookup as dataset_lookup
 from genrecon.report import (
     NumbersMismatch,
     SpecError,
@@ -100,7 +101,8 @@ def write_results(project: Path, settings: dict, flagged: tuple[str, ...] = ()) 
     counts = settings["evaluate"]["sample_counts"]
     for i, (exp, row) in enumerate(settings["experiments"].items()):
         posterior = "posterior" in row["protocols"]
-        n = settings["evaluate"][row["dataset"]]["num_images"]
+        # null: the whole test split (fastMRI: every slice of its test volumes)
+        n = settings["evaluate"][row["dataset"]]["num_images"] or 7
         if posterior:
             k = settings["evaluate"][row["dataset"]]["num_samples"]
             estimators = {
@@ -117,6 +119,16 @@ def write_results(project: Path, settings: dict, flagged: tuple[str, ...] = ()) 
             "n": n,
             "estimators": estimators,
         }
+        groups = dataset_lookup(row["dataset"]).groups  # e.g. fastMRI's PD / PDFS / all
+        if groups:
+            summary["groups"] = {
+                "label": "per volume",
+                "file": "per_volume.csv",
+                "estimators": {
+                    est: {g: {**_stats(i + j), "n": 3} for j, g in enumerate(groups)}
+                    for est in estimators
+                },
+            }
         if posterior:
             summary |= {"num_samples": k, "clip": [0, 1]}
             summary["single_sample"] = {**_stats(i - 3), "n": n, "label": "first draw"}
@@ -328,11 +340,26 @@ def test_numbers_follow_the_spec_with_paper_rows_beside_ours(project, spec, smok
     assert "doi:10.3390/jimaging7110243" in theirs[0]["citation"]
     assert "Table 3, row multiscale_normal_noise" in theirs[0]["citation"]
     assert theirs[0]["run_id"] == "run-numbers"
+    # a grouped row (Table 5: fastMRI per volume, PDFS) reads the dataset's own scores
+    knee = json.loads((project / "results/smoke/eval/knee_ms_normal/summary.json").read_text())
+    pdfs = pick(rows, table="s000_table5", row="knee_ms_normal:mean/PDFS", metric="ssim")
+    assert [r["who"] for r in pdfs] == ["ours", "paper"]
+    assert float(pdfs[0]["value"]) == knee["groups"]["estimators"]["mean"]["PDFS"]["ssim_mean"]
+    assert pdfs[0]["n"] == "3" and pdfs[0]["source"].endswith(
+        "knee_ms_normal/summary.json#/groups/estimators/mean/PDFS/ssim_mean"
+    )
+    assert pdfs[1]["value"] == "0.536" and "multiscale_normal_no_noise_pdfs" in pdfs[1]["source"]
     # the clipped mean is an extra row: ours only, never beside a paper number
     assert not pick(rows, row="lodopab_ms_normal:clipped_mean", who="paper")
     assert pick(rows, row="lodopab_ms_normal:clipped_mean", who="ours")
     # experiments that do not run at smoke scale are left out, paper numbers included
-    assert not [r for r in rows if "nonoise" in r["row"] or "no_noise" in r["source"]]
+    assert not [
+        r
+        for r in rows
+        if "lodopab_ms_normal_nonoise" in r["row"]
+        or "multiscale_normal_no_noise" in r["source"]
+        and r["table"] == "s000_table3"
+    ]
     # the 2020 table keeps the paper's list; means only there, so no std
     unet = pick(rows, table="s001_table1", row="paper:fbp_unet")
     assert {r["who"] for r in unet} == {"paper"} and unet[0]["std"] == ""

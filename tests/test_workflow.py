@@ -58,6 +58,10 @@ def _sheet(scale: str) -> dict:
     return resolve(params, scale, ROOT)
 
 
+def _spec_pages() -> list[str]:
+    return list(yaml.safe_load((ROOT / "config" / "tables.yaml").read_text())["pages"])
+
+
 def test_paper_dry_run_lists_the_full_reproduction(tmp_path):
     from genrecon.methods import method_class
 
@@ -67,12 +71,15 @@ def test_paper_dry_run_lists_the_full_reproduction(tmp_path):
     rows = paper["experiments"]
     trainable = [e for e, row in rows.items() if method_class(row["method"]).trainable]
     used = {row["dataset"] for row in rows.values()}  # a dataset no row reads is not prepared
-    assert jobs["download"] == jobs["prepare"] == len(used) == 2
-    assert jobs["fit"] == len(trainable) == 14  # + Table 2: lodopab_ms_avgpool, lodopab_ms_cnn
+    # fastMRI is never downloaded unasked (NYU's agreement): prepared from the user's folder
+    assert jobs["prepare"] == len(used) == 3 and jobs["download"] == 2
+    # Tables 2-5 and seed 001's Table 1: every configuration is trained
+    assert jobs["fit"] == len(trainable) == 23
     assert jobs["reconstruct"] == len(rows)
     assert jobs["sweep"] == sum(len(row["sweeps"]) for row in rows.values()) == 5
-    assert jobs["notebook"] == 3 and jobs["index"] == 1
-    assert "results/paper/models/lodopab_ms_radial_nonoise/best.pt" in out.stdout
+    assert jobs["notebook"] == len(_spec_pages()) == 5 and jobs["index"] == 1
+    for exp in ("lodopab_ms_radial_nonoise", "knee_iunet_radial_condloss", "lodopab_cinn2020"):
+        assert f"results/paper/models/{exp}/best.pt" in out.stdout
 
 
 def test_smoke_dry_run_needs_no_download():
@@ -91,12 +98,13 @@ def _tiny(params: dict) -> dict:
     """Every rule of the smoke DAG, seconds each: a smaller overlay on the same base."""
     s = params["scales"]["smoke"]
     s["datasets"]["lodopab"].update(
-        image_size=16,
+        image_size=32,
         num_angles=12,
         slices_per_file=8,
         splits={"train": 24, "validation": 8, "test": 4},
     )
     s["datasets"]["mnist"]["splits"] = {"train": 40, "validation": 10, "test": 6}
+    s["datasets"]["fastmri_knee"]["splits"] = {"train": 4, "validation": 2, "test": 2}
     tiny = {"blocks_per_level": 1, "cond_channels": [4, 8, 8], "cond_features": 4, "dense_cond": 8}
     # every multi-scale CT block (Table 2's conditioning-net variants share `lodopab`'s layout)
     for name, arch in params["architectures"].items():
@@ -111,8 +119,20 @@ def _tiny(params: dict) -> dict:
     for name, arch in params["architectures"].items():
         if arch.get("kind") == "iunet":
             s["architectures"][name] = {"levels": 2, "depth": 1}
+    # the 2020 model keeps its 5 downsamplings (hence 32 px CT images), with almost no width
+    s["architectures"]["lodopab_2020"] = {
+        "couplings": 1,
+        "uncond_blocks": 0,
+        "subnet_widths": [4, 4],
+        "uncond_width": 4,
+        "dense_blocks": 1,
+        "dense_width": 8,
+        "cond_scale": 0.125,
+        "dense_cond": 4,
+    }
+    s["architectures"]["knee"] = {**s["architectures"]["knee"], "blocks_per_level": 1}
     s["architectures"]["mnist"] = {**tiny, "dense_dim": 32, "dense_blocks": 1}
-    for dataset in ("lodopab", "mnist"):
+    for dataset in ("lodopab", "mnist", "fastmri_knee"):
         s["train"][dataset] = {
             **s["train"].get(dataset, {}),
             "steps": 4,
@@ -120,6 +140,7 @@ def _tiny(params: dict) -> dict:
             "val_every": 2,
         }
         s["evaluate"][dataset] = {"num_samples": 4, "num_images": 4, "batch_samples": 4}
+    s["evaluate"]["fastmri_knee"]["num_images"] = None  # both test volumes: a PD and a PDFS one
     s["evaluate"]["sample_counts"] = [1, 2, 4]
     s["sweeps"] = {"refine": {"lambdas": [0, 1], "steps": 2, "lr": 1e-4, "num_images": 2}}
     s["experiments"] = {

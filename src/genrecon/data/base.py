@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ class Split:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         meta = {"index": index, "cond": {k: np.asarray(v[index]) for k, v in self.cond.items()}}
         return np.asarray(self.x[index]), np.asarray(self.y[index]), meta
+
+    def batches(self, size: int) -> list[np.ndarray]:
+        """Consecutive index batches of at most `size` images, in split order."""
+        return [np.arange(i, min(i + size, len(self))) for i in range(0, len(self), size)]
 
     def conditioning(self, name: str | None) -> Any:
         if name is None:
@@ -123,9 +127,37 @@ class Dataset:
         """Per-image PSNR/SSIM; default: data range max - min of each ground truth (dival)."""
         return metric_functions.per_image(reconstructions, truths)
 
+    #: groups the dataset's own scoring reports separately (e.g. fastMRI's PD and PDFS scans)
+    groups: ClassVar[tuple[str, ...]] = ()
+
+    def group_scorer(self, split: Split) -> GroupScorer | None:
+        """The scorer of a dataset whose papers score units larger than one image (None: none).
+
+        Why a hook: fastMRI scores per VOLUME on the scanner's scale, with the volume's maximum
+        as data range, and the seed paper reports PD and PDFS scans apart (Table 5); no per-image
+        metric can be averaged into that. The protocols feed it every estimate as they go.
+        """
+        return None
+
     def describe(self, scale: str) -> str:
         """What our numbers were measured on, in words (smoke data never passes as real)."""
         return self.name
+
+
+class GroupScorer(Protocol):
+    """Scores estimates by a dataset's own units (e.g. volumes) and groups (e.g. PD / PDFS).
+
+    `add` takes one image's estimate at a time (so a paper-scale split never has to be held in
+    memory); `finish` returns one row per unit and estimator (written to `filename`) and the
+    summary per estimator and group, each with n (units), psnr_mean/std, ssim_mean/std.
+    """
+
+    filename: str
+    label: str
+
+    def add(self, estimator: str, index: int, estimate: np.ndarray | None) -> None: ...
+
+    def finish(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, float]]]]: ...
 
 
 def manifest_path(root: Path) -> Path:

@@ -726,6 +726,16 @@ class KneeSplit(Split):
         )
         return x, y, meta
 
+    def batches(self, size: int) -> list[np.ndarray]:
+        """As `Split.batches`, but never across volumes: their k-space widths differ."""
+        starts = np.flatnonzero(np.diff(self.volume, prepend=-1))
+        ends = [*starts[1:], len(self)]
+        return [
+            np.arange(i, min(i + size, int(end)))
+            for start, end in zip(starts, ends, strict=True)
+            for i in range(int(start), int(end), size)
+        ]
+
     def denormalise(self, images: np.ndarray, indices: Any) -> np.ndarray:
         """Network-scale images of slices `indices` back on the scanner's scale."""
         indices = _indices(indices, len(self))
@@ -735,6 +745,21 @@ class KneeSplit(Split):
         """The exact forward operator of slice `index`: its volume's mask and k-space size."""
         v = int(self.volume[index])
         return MRIPhysics(self.volumes.masks[v], self.volumes.shapes[v])
+
+
+def whole_volumes(volume: np.ndarray, limit: int | None) -> int:
+    """How many slices a `limit` of slices reads: rounded UP to the end of the last volume.
+
+    fastMRI scores whole volumes (one PSNR over a volume, its max as data range), so a limit
+    never cuts one; the cache stores each volume's slices contiguously.
+    """
+    total = len(volume)
+    if limit is None or limit >= total:
+        return total
+    if limit < 1:
+        raise ValueError(f"num_images = {limit}: need at least one slice")
+    last = volume[limit - 1]
+    return int(limit + np.count_nonzero(volume[limit:] == last))
 
 
 def cached(root: Path, split: str, key: str, limit: int | None = None) -> np.ndarray:
@@ -855,27 +880,96 @@ def per_volume(
     return rows
 
 
-def by_acquisition(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and std over volumes per acquisition ('PD', 'PDFS'), as the seed paper's Table 5.
+def volume_statistics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and std over volumes of PSNR and SSIM; n = volumes.
 
     std with ddof=0 (numpy's default, the authors' per-volume script); fastMRI's own
     evaluate.py reports runstats' ddof=1 std, so the two differ slightly for few volumes.
     """
+    psnr = np.array([r["psnr"] for r in rows], np.float64)
+    ssim = np.array([r["ssim"] for r in rows], np.float64)
+    if not len(rows):
+        return {"n": 0}
+    return {
+        "n": len(rows),
+        "psnr_mean": float(psnr.mean()),
+        "psnr_std": float(psnr.std()),
+        "ssim_mean": float(ssim.mean()),
+        "ssim_std": float(ssim.std()),
+    }
+
+
+def by_acquisition(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """`volume_statistics` per acquisition ('PD', 'PDFS'), as the seed paper's Table 5."""
     out: dict[str, dict[str, float]] = {}
     for acquisition, label in ACQUISITIONS.items():
         group = [r for r in rows if r["acquisition"] == acquisition]
-        if not group:
-            continue
-        psnr = np.array([r["psnr"] for r in group])
-        ssim = np.array([r["ssim"] for r in group])
-        out[label] = {
-            "n": len(group),
-            "psnr_mean": float(psnr.mean()),
-            "psnr_std": float(psnr.std()),
-            "ssim_mean": float(ssim.mean()),
-            "ssim_std": float(ssim.std()),
-        }
+        if group:
+            out[label] = volume_statistics(group)
     return out
+
+
+class VolumeScorer:
+    """fastMRI's evaluation fed slice by slice: a volume is scored when its last slice arrives.
+
+    The protocols see one slice at a time; holding every reconstruction of the fastMRI
+    validation set (7,135 slices of 320x320) per estimator would cost gigabytes, so only the
+    volume being filled is kept. Scores are those of `FastMRIKnee.volume_metrics` (scanner scale,
+    data range = the max of the full target volume, PSNR over the volume, mean slice SSIM), per
+    estimator, then mean and std over volumes per acquisition (PD, PDFS) and over all volumes.
+    A slice without an estimate (every posterior draw non-finite) leaves its volume unscored,
+    counted in `unscored`, rather than scored on the slices that remain.
+    """
+
+    filename = "per_volume.csv"
+    label = (
+        "fastMRI's evaluation: per volume on the scanner's scale (PSNR over the volume, mean "
+        "slice SSIM, data range = the volume's max), mean and std over volumes"
+    )
+
+    def __init__(self, dataset: FastMRIKnee, split: KneeSplit):
+        self.dataset, self.split = dataset, split
+        self.expected = np.bincount(split.volume, minlength=len(split.volumes.files))
+        self.pending: dict[tuple[str, int], dict[int, np.ndarray | None]] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, estimator: str, index: int, estimate: np.ndarray | None) -> None:
+        volume = int(self.split.volume[index])
+        slices = self.pending.setdefault((estimator, volume), {})
+        slices[int(index)] = None if estimate is None else np.asarray(estimate, np.float32)
+        if len(slices) == self.expected[volume]:
+            self._score(estimator, volume, self.pending.pop((estimator, volume)))
+
+    def _score(self, estimator: str, volume: int, slices: dict[int, np.ndarray | None]) -> None:
+        indices = np.array(sorted(slices))
+        name = self.split.volumes.names[volume]
+        if any(slices[i] is None for i in indices):
+            row = {"volume": name, "acquisition": self.split.volumes.acquisitions[volume]}
+            row.update(slices=len(indices), psnr=float("nan"), ssim=float("nan"))
+        else:
+            stack = np.stack([slices[i] for i in indices])
+            (row,) = self.dataset.volume_metrics(self.split, stack, indices)["volumes"]
+        self.rows.append({"estimator": estimator, **row})
+
+    def finish(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, float]]]]:
+        if self.pending:
+            missing = sorted({self.split.volumes.names[v] for _, v in self.pending})
+            raise RuntimeError(f"volumes {missing} were not scored: some slices never arrived")
+        summary: dict[str, dict[str, dict[str, float]]] = {}
+        for estimator in dict.fromkeys(r["estimator"] for r in self.rows):
+            rows = [r for r in self.rows if r["estimator"] == estimator]
+            scored = [r for r in rows if np.isfinite(r["psnr"])]
+            groups = {**by_acquisition(scored), "all": volume_statistics(scored)}
+            for label, acquisition in [(v, k) for k, v in ACQUISITIONS.items()] + [("all", None)]:
+                unscored = [
+                    r
+                    for r in rows
+                    if not np.isfinite(r["psnr"]) and acquisition in (None, r["acquisition"])
+                ]
+                if unscored or label in groups:
+                    groups.setdefault(label, {"n": 0})["unscored"] = len(unscored)
+            summary[estimator] = groups
+        return self.rows, summary
 
 
 # ---- the dataset -----------------------------------------------------------------------------
@@ -893,6 +987,7 @@ class FastMRIKnee(Dataset):
     """
 
     conditionings = ("zero_filled",)
+    groups = (*ACQUISITIONS.values(), "all")
 
     # ---- getting the data -------------------------------------------------------------------
     def _source(self) -> str:
@@ -963,7 +1058,7 @@ class FastMRIKnee(Dataset):
         clamp = float(self.cfg["clamp"])
         f = h5py.File(path, "r")
         group = f[split]
-        n = len(group["mean"]) if limit is None else min(limit, len(group["mean"]))
+        n = whole_volumes(group["volume"][()], limit)
         table = {k: group[k][:n] for k in ("mean", "std", "volume", "slice")}
         volumes = read_volumes(group)
         y = MaskedKSpace(root, volumes, table["volume"], table["slice"])
@@ -1018,6 +1113,9 @@ class FastMRIKnee(Dataset):
         maxvals = dict(zip(split.volumes.names, split.volumes.maxval.tolist(), strict=True))
         rows = per_volume(scanner, truths, names, split.acquisition[indices], maxvals)
         return {"volumes": rows, "by_acquisition": by_acquisition(rows)}
+
+    def group_scorer(self, split: KneeSplit) -> VolumeScorer:
+        return VolumeScorer(self, split)
 
     def describe(self, scale: str) -> str:
         splits = self.cfg["splits"]

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from genrecon.data.base import Dataset, Split
+from genrecon.data.base import Dataset, GroupScorer, Split
 from genrecon.methods.base import Method, PosteriorSampler
 from genrecon.metrics import RANGE_MARGIN
 from genrecon.physics.base import LinearPhysics
@@ -205,6 +205,22 @@ def _cond(split: Split, method: Method, index) -> torch.Tensor | None:
     return None if stack is None else torch.from_numpy(np.asarray(stack[index], np.float32))
 
 
+def _draws(method: PosteriorSampler, split: Split, physics: LinearPhysics, num: int, settings):
+    """(index, ground truth, its `num` draws) per image, drawn for several images per call when
+    `num` is below `batch_samples` (the sampler may then batch draws across images)."""
+    per_call = max(1, int(settings.get("batch_samples", num)) // num)
+    bar = tqdm(total=len(split), desc="posterior samples")
+    for start in range(0, len(split), per_call):
+        index = list(range(start, min(start + per_call, len(split))))
+        items = [split[i] for i in index]
+        ys = [torch.from_numpy(y) for _, y, _ in items]
+        samples = method.sample_images(ys, physics, _cond(split, method, index), index, num)
+        for i, (truth, _, _), draws in zip(index, items, samples, strict=True):
+            yield i, truth, draws
+            bar.update()
+    bar.close()
+
+
 def posterior(
     method: PosteriorSampler,
     dataset: Dataset,
@@ -234,9 +250,8 @@ def posterior(
     curves: dict[str, dict[int, list[dict]]] = {e: {k: [] for k in ks} for e in estimators}
     spread: list[dict[str, float]] = []
     saved: dict[str, list] = {k: [] for k in ("truth", "cond", "point", "std", "samples")}
-    for i in tqdm(range(len(split)), desc="posterior samples"):
-        truth, y, _ = split[i]
-        samples = method.sample(torch.from_numpy(y), physics, _cond(split, method, i), i, num)
+    scorer = dataset.group_scorer(split)
+    for i, truth, samples in _draws(method, split, physics, num, settings):
         check = draw_check(samples, plausible_range(truth))
         keep = check.pop("finite")
         checks.append(check)
@@ -250,6 +265,8 @@ def posterior(
             means[estimator] = running_means(stack, ks, keep)
             for k, mean_k in means[estimator].items():
                 curves[estimator][k].append(_scores(dataset, mean_k, truth))
+            if scorer is not None:
+                scorer.add(estimator, i, means[estimator][num])
             rows.append(
                 {
                     "index": i,
@@ -267,7 +284,7 @@ def posterior(
             shown_std = pixel_std(shown, keep)
             values = (
                 truth,
-                cond.numpy() if cond is not None else y,
+                cond.numpy() if cond is not None else split[i][1],
                 np.full_like(truth, np.nan) if estimate is None else estimate,
                 np.full_like(truth, np.nan) if shown_std is None else shown_std.astype(np.float32),
                 shown[:3].numpy(),
@@ -278,6 +295,7 @@ def posterior(
     np.savez_compressed(out_dir / "examples.npz", **{k: np.stack(v) for k, v in saved.items()})
     frame = pd.DataFrame(rows)
     return {
+        **_grouped(scorer, out_dir, estimators),
         "n": len(split),
         "num_samples": num,
         "clip": list(clip) if clip else None,
@@ -316,14 +334,18 @@ def point(
     """The method's point estimate of every test image, scored with the dataset's metrics."""
     out_dir = Path(out_dir)
     rows, points = [], []
-    for start in tqdm(range(0, len(split), batch), desc=f"{method.name} reconstructions"):
-        index = np.arange(start, min(start + batch, len(split)))
+    scorer = dataset.group_scorer(split)
+    for index in tqdm(split.batches(batch), desc=f"{method.name} reconstructions"):
+        start = int(index[0])
         y = torch.from_numpy(np.asarray(split.y[index], np.float32))
         estimate = method.reconstruct(y, physics, _cond(split, method, index), index.tolist())
         reco = estimate.point.detach().cpu().numpy()
         points.append(reco[: max(0, EXAMPLES - start)])
         for i, scores in zip(index, dataset.metrics(reco, np.asarray(split.x[index])), strict=True):
             rows.append({"index": int(i), "estimator": "point", **scores})
+        for i, estimate in zip(index, reco, strict=True):
+            if scorer is not None:
+                scorer.add("point", int(i), estimate)
     write_rows(out_dir / "per_image.csv", rows)
     shown = min(EXAMPLES, len(split))
     np.savez_compressed(
@@ -331,9 +353,29 @@ def point(
         truth=np.asarray(split.x[:shown]),
         point=np.concatenate(points)[:shown],
     )
+    label = f"{method.name} reconstruction"
     return {
+        **_grouped(scorer, out_dir, {"point": label}),
         "n": len(split),
-        "estimators": {"point": {**summarise(rows), "label": f"{method.name} reconstruction"}},
+        "estimators": {"point": {**summarise(rows), "label": label}},
+    }
+
+
+def _grouped(scorer: GroupScorer | None, out_dir: Path, estimators: dict[str, str]) -> dict:
+    """The dataset's own scores (e.g. fastMRI's per volume, PD / PDFS), written beside
+    per_image.csv; {} for datasets that score per image only."""
+    if scorer is None:
+        return {}
+    rows, summary = scorer.finish()
+    write_rows(Path(out_dir) / scorer.filename, rows)
+    return {
+        "groups": {
+            "label": scorer.label,
+            "file": scorer.filename,
+            "estimators": {
+                name: {**summary[name], "label": label} for name, label in estimators.items()
+            },
+        }
     }
 
 
@@ -352,9 +394,8 @@ def refine_sweep(
         raise TypeError(f"sweep 'refine' needs a posterior sampler with `refine`; {method.name}")
     n = min(settings["num_images"], len(split))
     cond = _cond(split, method, np.arange(n))
-    start = torch.stack(
-        [method.sample(torch.from_numpy(split[i][1]), physics, cond[i], i, 1)[0] for i in range(n)]
-    )
+    ys = [torch.from_numpy(split[i][1]) for i in range(n)]
+    start = method.sample_images(ys, physics, cond, list(range(n)), 1)[:, 0]
     if clip:
         start = start.clamp(*clip)
     y = torch.from_numpy(np.asarray(split.y[:n], np.float32))

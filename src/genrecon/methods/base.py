@@ -99,6 +99,25 @@ class PosteriorSampler(Method):
         """`num` samples (num, *image) for ONE measurement, seeded by its split `index`."""
         raise NotImplementedError
 
+    def sample_images(
+        self,
+        ys: Sequence[torch.Tensor],
+        physics: LinearPhysics,
+        conds: torch.Tensor | None,
+        indices: Sequence[int],
+        num: int,
+    ) -> torch.Tensor:
+        """`num` samples of each of several measurements -> (b, num, *image), each image's drawn
+        with its own generator: the same numbers as `sample` one image at a time. Samplers that
+        can batch draws ACROSS images (the cINN) override this; measurements may differ in shape
+        (fastMRI k-space widths), so `ys` is a sequence, not a stacked tensor."""
+        return torch.stack(
+            [
+                self.sample(y, physics, None if conds is None else conds[i], index, num)
+                for i, (y, index) in enumerate(zip(ys, indices, strict=True))
+            ]
+        )
+
     def reconstruct(
         self,
         y: torch.Tensor,
@@ -107,12 +126,5 @@ class PosteriorSampler(Method):
         indices: Sequence[int] | None = None,
     ) -> Estimate:
         indices = list(range(len(y))) if indices is None else list(indices)
-        samples = torch.stack(
-            [
-                self.sample(
-                    y[i], physics, None if cond is None else cond[i], index, self.num_samples
-                )
-                for i, index in enumerate(indices)
-            ]
-        )
+        samples = self.sample_images(list(y), physics, cond, indices, self.num_samples)
         return Estimate(samples.mean(1), samples, {"std": samples.std(1)})

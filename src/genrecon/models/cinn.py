@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrecon.models.base import make_base
-from genrecon.models.conditioning import CONDITIONING_NETS
+from genrecon.models.conditioning import CONDITIONING_NETS, CT_KERNELS
 from genrecon.models.downsampling import LearnedInvertibleDownsampling
 
 
@@ -45,16 +45,31 @@ class Architecture:
       cond_levels: the first `cond_levels` levels get a conditioned section.
       blocks_per_level: conditioned couplings per conditioned section.
       cond_channels: the widths of the conditioning chain (levels + 1 entries); head i uses the
-        first i + 1, the dense head all of them (theirs: [4, 16, 32, 64, 64, 32]).
+        first i + 1, the dense head the first `dense_cond_steps` (theirs, CT:
+        [4, 16, 32, 64, 64, 32]; fastMRI: [4, 16, 16, 16, 32, 32, 32]).
       cond_features: width of the conditioning net's stem.
       cond_net: which conditioning network H (seed 000 Table 2; `conditioning.CONDITIONING_NETS`):
         "resnet" (the authors' default and ours), "cnn" or "avgpool".
       dense_dim / dense_cond: dimensions of the dense section / of its condition vector.
       split: after the downsampling of every level but the first, half the channels go to z.
       uncond_blocks: unconditioned 1x1-subnet couplings after every downsampling.
-      dense_blocks: [random permutation + dense GLOW coupling] pairs at the end.
+      dense_blocks: [random permutation, dense GLOW coupling] pairs at the end.
       act_norm: ActNorm after every coupling (data-dependent init, first batch).
       clamp: FrEIA's GLOW soft clamp.
+
+    Keys where the authors' fastMRI model (cinn_mri.py, cond_net_mri.py) differs from their CT
+    one; each default is the CT choice, so CT and MNIST blocks build exactly as before:
+      cond_kernels: kernel of the conditioning ResNet heads' stride-2 convolutions, step by
+        step, the last value repeating: (5, 5, 5, 5, 3) as their CT heads ([5, 5, 5, 5, 3, 3]);
+        [3] for fastMRI (3x3 throughout). Odd; no effect on the cnn/avgpool nets (no strided
+        convolutions there).
+      dense_cond_steps: halvings of the conditioning net's dense head; null = len(cond_channels),
+        as their CT net (384 -> 6x6); their fastMRI net makes one fewer (6 of 7: 320 -> 5x5).
+      cond_block_norm: BatchNorm after both 3x3 convolutions inside the conditioning ResBlocks
+        (their CT ResBlock); false: only the BatchNorm on the residual sum (their fastMRI one).
+      dense_permute: "before": each dense coupling preceded by its random permutation (their CT
+        `build_inn`); "after": followed by it (their fastMRI `_add_fc_section`). Not a
+        reparametrisation: see `ConditionalMultiscaleFlow._build_flow`.
     """
 
     levels: int
@@ -70,6 +85,10 @@ class Architecture:
     dense_blocks: int = 2
     act_norm: bool = True
     cond_net: str = "resnet"
+    cond_kernels: tuple[int, ...] = CT_KERNELS
+    dense_cond_steps: int | None = None
+    cond_block_norm: bool = True
+    dense_permute: str = "before"
 
     def __post_init__(self) -> None:
         # here rather than in from_config: a direct construction is checked too, and a typo must
@@ -79,18 +98,47 @@ class Architecture:
                 f"architecture: unknown cond_net {self.cond_net!r}; known: "
                 f"{sorted(CONDITIONING_NETS)}"
             )
+        kernels = self.cond_kernels
+        if (
+            not isinstance(kernels, tuple)
+            or not kernels
+            or any(isinstance(k, bool) or not isinstance(k, int) for k in kernels)
+            or any(k < 1 or k % 2 == 0 for k in kernels)
+        ):
+            raise ValueError(
+                f"architecture: cond_kernels {kernels!r} must be a non-empty list of odd "
+                "integers >= 1 (padding k // 2 must halve every size)"
+            )
+        steps, chain = self.dense_cond_steps, len(self.cond_channels)
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= chain
+        ):
+            raise ValueError(
+                f"architecture: dense_cond_steps {steps!r} must be null or an integer in "
+                f"[1, {chain}] (len(cond_channels))"
+            )
+        if not isinstance(self.cond_block_norm, bool):
+            raise ValueError(
+                f"architecture: cond_block_norm must be true or false, not {self.cond_block_norm!r}"
+            )
+        if self.dense_permute not in ("before", "after"):
+            raise ValueError(
+                f"architecture: dense_permute {self.dense_permute!r} must be 'before' or 'after'"
+            )
 
     @classmethod
     def from_config(cls, cfg: dict) -> Architecture:
         check_keys(cls, cfg, "architecture")
         cfg = dict(cfg)
         cfg["cond_channels"] = tuple(cfg["cond_channels"])
+        if isinstance(cfg.get("cond_kernels"), list):
+            cfg["cond_kernels"] = tuple(cfg["cond_kernels"])
         if not 0 <= cfg["cond_levels"] <= cfg["levels"]:
             raise ValueError("architecture: cond_levels must lie in [0, levels]")
         if len(cfg["cond_channels"]) != cfg["levels"] + 1:
             raise ValueError(
                 "architecture: needs levels + 1 cond_channels (the widths of the conditioning "
-                "chain; the dense head runs all of them)"
+                "chain; by default the dense head runs all of them)"
             )
         return cls(**cfg)
 
@@ -196,6 +244,12 @@ class ConditionalImageFlow(nn.Module):
         cond = [c.expand(num, *c.shape[1:]) for c in cond]
         # Draw on the CPU from the per-image generator (same numbers on every device), then move.
         z = self.base.sample(num, self.dim, generator=generator).to(inversion.device)
+        return self.decode(z, cond)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, cond: list[torch.Tensor]) -> torch.Tensor:
+        """Images (b, n, n) of latents z (b, dim) under the conditioning features `cond` (one
+        row per latent): the inverse pass, for samples of one image or of many at once."""
         x, _ = self.flow(z, c=cond, rev=True, jac=False)
         return self.crop(x)
 
@@ -207,7 +261,13 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
         super().__init__(image_size, arch.levels, base)
         self.arch = arch
         self.cond_net = CONDITIONING_NETS[arch.cond_net](
-            list(arch.cond_channels), arch.cond_levels, arch.cond_features, arch.dense_cond
+            list(arch.cond_channels),
+            arch.cond_levels,
+            arch.cond_features,
+            arch.dense_cond,
+            kernels=arch.cond_kernels,
+            dense_steps=arch.dense_cond_steps,
+            block_norm=arch.cond_block_norm,
         )
         graph = self._build_flow(seed)
         # GraphINN orders its module_list differently from one build to the next, so its own
@@ -219,7 +279,8 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
         object.__setattr__(self, "flow", graph)
 
     def _build_flow(self, seed: int) -> Ff.GraphINN:
-        """The seed authors' multi-scale cINN (cinn_for_imaging networks/cinn.py, `build_inn`).
+        """The seed authors' multi-scale cINNs (cinn_for_imaging networks/cinn.py and
+        cinn_mri.py, `build_inn`).
 
         For level l = 0 .. levels-1:
           learned downsampling (orthogonal per-channel 2x2 -> 4, Haar at init),
@@ -228,13 +289,32 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
           for l < cond_levels: the conditioned section, `blocks_per_level` x [conditioned GLOW
           coupling (subnet 1x1 for even, 3x3 for odd blocks), ActNorm, fixed orthogonal 1x1].
         Then flatten, all but `dense_dim` dimensions to the output, and `dense_blocks` x
-        [random permutation + dense GLOW coupling] conditioned on the dense head's vector.
+        [random permutation, dense GLOW coupling] conditioned on the dense head's vector (in
+        the other order for `dense_permute` "after").
 
         At paper scale (levels 5, cond_levels 4, 384 px): 5 downsamplings, conditioned sections
         with 4/8/16/32 channels at 192/96/48/24 px, the dense section on 128 of the 64x12x12
         remaining dimensions. The first level is not split, as theirs (the split follows the
         downsampling of levels 1..4). The fifth downsampling has no conditioned section there;
         their conditioning net still builds a head for it that nothing consumes: not here.
+
+        Their fastMRI model (cinn_mri.py; levels 6, cond_levels 5, uncond_blocks 0, 320 px) is
+        the same loop: its local `_add_downsample` (which shadows the CT one it imports) adds no
+        unconditioned couplings, and its sections 0-4 each follow a downsampling, the split
+        after each later downsampling, as here: 4/8/16/32/64 channels at 160/80/40/20/10 px,
+        then 256 -> 128 channels at 5x5 and the dense section on 128 of 3,200 dimensions.
+
+        Dense section order. CT: x -> P0 -> C0 -> P1 -> C1 ("before"); fastMRI: x -> C0 -> P0
+        -> C1 -> P1 ("after"), P_k = PermuteRandom(seed k) there (here seed + k, the same for
+        seed 0). The trailing P1 of "after" changes nothing: the base densities are invariant
+        under permutations and |det P| = 1, so log p(x | y) and the sample distribution are those
+        of C0 -> P0 -> C1. The leading P0 of "before" is NOT absorbed by anything: a coupling's
+        fixed half/half partition is a structural choice, and no layer before it can represent
+        P0 (the last learned one, the final downsampling, applies one orthogonal 4x4 map per
+        input channel to every 2x2 block alike, and the flatten/split are fixed). So "before"
+        couples a random half of the 128 dimensions against the other, where "after" couples
+        the first 64 (channels 0-1 and 14 pixels of channel 2 of the 128 x 5 x 5 map) against
+        the rest: two different model families of the same kind and size; "after" is theirs.
 
         Their other known defect, a coupling-type switch that adds a second coupling block where
         one was meant, lives in their iUNet (networks/iunet.py), not in this model; nothing of
@@ -309,10 +389,15 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
             current = split.out0
         else:
             current = flat.out0
-        for block in range(arch.dense_blocks):
-            current = add(
-                current, Fm.PermuteRandom, {"seed": seed + block}, name=f"dense_perm{block}"
+
+        def permute(inputs, block: int):
+            return add(
+                inputs, Fm.PermuteRandom, {"seed": seed + block}, name=f"dense_perm{block}"
             ).out0
+
+        for block in range(arch.dense_blocks):
+            if arch.dense_permute == "before":
+                current = permute(current, block)
             coupling = add(
                 current,
                 Fm.GLOWCouplingBlock,
@@ -321,6 +406,8 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
                 name=f"dense_coupling{block}",
             )
             current = coupling.out0
+            if arch.dense_permute == "after":
+                current = permute(current, block)
         # Output order as theirs: the split-off parts level by level, then the dense section.
         z = add([*z_parts, current], Fm.Concat, {"dim": 0}, name="z")
         nodes.append(Ff.OutputNode(z, name="out"))

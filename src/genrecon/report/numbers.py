@@ -228,7 +228,17 @@ def _metric_rows(tid, table, row, results: Path, root: Path) -> list[dict[str, s
         return []
     path = results / "eval" / exp / "summary.json"
     summary = _read_json(path)
+    where: tuple[str, ...] = ("estimators", row["estimator"])
     est = _estimator(summary, row["estimator"], path)
+    label = est.get("label", "")
+    if "group" in row:  # the dataset's own scores (e.g. fastMRI: per volume, PD / PDFS)
+        groups = summary.get("groups", {})
+        est = _estimator(groups, row["estimator"], path).get(row["group"])
+        if not est or not est.get("n"):  # e.g. no PDFS volume among the evaluated ones
+            print(f"{path}: no {row['group']} unit was scored; row {row['label']!r} left out")
+            return []
+        where = ("groups", "estimators", row["estimator"], row["group"])
+        label = join_note(label, groups.get("label", ""))
     return [
         _row(
             table=tid,
@@ -241,9 +251,8 @@ def _metric_rows(tid, table, row, results: Path, root: Path) -> list[dict[str, s
             value=est[f"{metric}_mean"],
             std=est[f"{metric}_std"],
             n=est.get("n", summary["n"]),
-            note=join_note(est.get("label", ""), exploding_note(summary)),
-            source=f"{_rel(path, root)}#"
-            + _pointer("estimators", row["estimator"], f"{metric}_mean"),
+            note=join_note(label, exploding_note(summary)),
+            source=f"{_rel(path, root)}#" + _pointer(*where, f"{metric}_mean"),
             run_id=summary["run_id"],
         )
         for metric in table["metrics"]

@@ -127,14 +127,16 @@ def example_grid(path: str | Path, title: str, cond_label: str, count: int = 3) 
         count, len(columns), figsize=(2.0 * len(columns), 2.0 * count + 0.4), squeeze=False
     )
     for i in range(count):
-        top = max(1e-6, float(np.max(data["truth"][i])))
+        # from 0 (CT, MNIST) or from the minimum where images are normalised (fastMRI)
+        low = min(0.0, float(np.min(data["truth"][i])))
+        top = max(low + 1e-6, float(np.max(data["truth"][i])))
         for j, (name, stack) in enumerate(columns):
             ax = axes[i][j]
             image = np.squeeze(stack[i])
             if name == "pixel-wise std":
                 ax.imshow(image, cmap="magma")
             else:
-                ax.imshow(image, cmap="gray", vmin=0.0, vmax=top)
+                ax.imshow(image, cmap="gray", vmin=low, vmax=top)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

@@ -33,10 +33,14 @@ def sheet_by_scale(params: Mapping[str, Any], root: str | Path = ".") -> dict[st
     }
 
 
-def _subset(num_images: int, test: int) -> str:
-    if num_images >= test:
-        return f"the test set ({test} images)"
-    return f"the first {num_images} of {test} test images"
+def _subset(num_images: int | None, test: int, unit: str = "images") -> str:
+    if num_images is None or num_images >= test:
+        return f"the test set ({test} {unit})"
+    return f"the first {num_images} of {test} test {unit}"
+
+
+#: datasets whose split sizes count a unit other than images
+UNITS = {"fastmri_knee": "volumes"}
 
 
 def _describe_dataset(name: str, cfg: Mapping[str, Any]) -> str:
@@ -46,6 +50,13 @@ def _describe_dataset(name: str, cfg: Mapping[str, Any]) -> str:
         real = cfg.get("source") == "zenodo"
         what = "LoDoPaB-CT" if real else "synthetic LoDoPaB-format CT"
         return f"{what} {size}×{size}, {cfg['num_angles']} angles, N0={cfg['photons']:g}"
+    if name == "fastmri_knee":
+        splits = cfg["splits"]
+        counts = f"{splits['train']}/{splits['validation']}/{splits['test']} train/val/test volumes"
+        what = "fastMRI single-coil knee"
+        if cfg.get("source") == "synthetic":
+            what = "synthetic knee-like phantoms in fastMRI's single-coil format"
+        return f"{what}, {cfg['crop']}px, {counts}, {cfg['acceleration']}x random masks"
     if name == "mnist":
         splits = cfg["splits"]
         what = "real MNIST test images (t10k)" if cfg.get("source") == "embedded" else "MNIST"
@@ -77,9 +88,15 @@ def facts(settings: Mapping[str, Any], scale: str) -> dict[str, str]:
     evaluate = settings.get("evaluate") or {}
     for name, cfg in settings["datasets"].items():
         out[f"{name}_note"] = scale_note(settings, scale, [name])
-        test = cfg["splits"]["test"]
+        test, unit = int(cfg["splits"]["test"]), UNITS.get(name, "images")
+        out[f"{name}_{unit}"] = f"{test} test {unit}"
         if isinstance(evaluate.get(name), Mapping) and "num_images" in evaluate[name]:
-            out[f"{name}_images"] = _subset(int(evaluate[name]["num_images"]), int(test))
+            count = evaluate[name]["num_images"]
+            out[f"{name}_images"] = (
+                _subset(count, test, unit)
+                if count is None or unit == "images"  # a limit counts images (here: slices)
+                else f"the first {count} slices (whole volumes) of the {test} test {unit}"
+            )
         steps = (settings.get("train") or {}).get(name, {}).get("steps")
         if steps is not None:
             out[f"{name}_steps"] = str(steps)

@@ -133,6 +133,8 @@ def row_id(table: Mapping, row: Mapping, value: float | None = None) -> str:
         base = row["experiment"]
         if table["kind"] == "metrics" and "estimator" in row:
             base += f":{row['estimator']}"
+        if "group" in row:
+            base += f"/{row['group']}"
     else:
         base = f"paper:{row['paper']}"
     return f"{base}@{value:g}" if value is not None else base
@@ -238,6 +240,7 @@ def validate_tables(
                 )
             if exp is not None and exp in sheet:
                 errors += _check_estimator(table, row, sheet[exp], here)
+                errors += _check_group(table, row, sheet[exp], here)
             if "paper" in row:
                 if row.get("estimator") in NOT_BESIDE_PAPER:
                     errors.append(
@@ -311,6 +314,23 @@ def _check_estimator(table: Mapping, row: Mapping, entry: Mapping, here: str) ->
         return [
             f"{here}.estimator: {estimator!r} is not written by {row['experiment']!r} "
             f"(protocols {entry.get('protocols')}: {allowed})"
+        ]
+    return []
+
+
+def _check_group(table: Mapping, row: Mapping, entry: Mapping, here: str) -> list[str]:
+    """A `group` (e.g. fastMRI's PD) must be one the experiment's dataset scores by."""
+    if "group" not in row:
+        return []
+    if table["kind"] != "metrics":
+        return [f"{here}.group: only metrics rows read a dataset's groups"]
+    from genrecon.data.registry import lookup  # the dataset classes, registered on import
+
+    groups = lookup(entry["dataset"]).groups
+    if row["group"] not in groups:
+        return [
+            f"{here}.group: {row['group']!r} is not a group of dataset {entry['dataset']!r} "
+            f"(it has {list(groups) or 'none'})"
         ]
     return []
 

@@ -3,7 +3,8 @@
 - `CINNModel`: a conditional flow plus its training loss (per-image NLL per dimension in nats,
   with optional training noise and the conditioning loss of Eq. 20), the contract of
   `genrecon.training`. The flow is the architecture's `kind`: the multi-scale cINN
-  (models/cinn.py) or the conditional iUNet (models/iunet.py); both expose the same interface.
+  (models/cinn.py), the conditional iUNet (models/iunet.py) or seed 001's 2020 cINN
+  (models/cinn2020.py); all expose the same interface.
 - `CINN`: the registered method "cinn". Its variant is the experiment row's settings (which
   architecture, base distribution, training noise, conditioning input and loss). It samples the
   posterior per image with a generator seeded by (seed, image index), so numbers do not depend on
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 
 from genrecon.methods.base import PosteriorSampler, register_method
 from genrecon.models.cinn import build_model
+from genrecon.models.cinn2020 import build_cinn2020
 from genrecon.models.iunet import build_iunet
 from genrecon.physics.base import LinearPhysics
 
@@ -30,7 +33,7 @@ def image_generator(seed: int, index: int) -> torch.Generator:
 
 
 # architecture `kind` -> the builder of that conditional flow (params.yaml `architectures`)
-FLOWS = {"multiscale": build_model, "iunet": build_iunet}
+FLOWS = {"multiscale": build_model, "iunet": build_iunet, "cinn2020": build_cinn2020}
 
 
 def build_flow(architecture: dict[str, Any], image_size: int, base: str, seed: int) -> nn.Module:
@@ -48,9 +51,7 @@ class CINNModel(nn.Module):
     def __init__(self, spec: dict[str, Any]):
         super().__init__()
         self.spec = spec
-        self.flow = build_flow(
-            spec["architecture"], spec["image_size"], spec["base"], spec["seed"]
-        )
+        self.flow = build_flow(spec["architecture"], spec["image_size"], spec["base"], spec["seed"])
         self.train_noise = float(spec.get("train_noise", 0.0))
         self.noise_clip = spec.get("noise_clip")
         self.dequantize = bool(spec.get("dequantize", False))
@@ -197,16 +198,51 @@ class CINN(PosteriorSampler):
         num: int,
     ) -> torch.Tensor:
         """`num` posterior samples for one measurement, drawn `batch_samples` at a time."""
-        if self.model is None:
-            raise RuntimeError("cinn: no trained model attached (load a checkpoint first)")
-        generator = image_generator(self.seed, index)
-        cond = torch.as_tensor(cond).to(self.model.device)
+        return self.sample_images([y], physics, torch.as_tensor(cond)[None], [index], num)[0]
+
+    def _latents(self, index: int, num: int) -> torch.Tensor:
+        """Image `index`'s `num` latents, drawn on the CPU from its own generator in blocks of
+        `batch_samples` (the same numbers on every device, and whatever images share a pass)."""
+        flow, generator = self.model.flow, image_generator(self.seed, index)
         return torch.cat(
             [
-                self.model.flow.sample(cond, min(self.batch_samples, num - start), generator).cpu()
+                flow.base.sample(
+                    min(self.batch_samples, num - start), flow.dim, generator=generator
+                )
                 for start in range(0, num, self.batch_samples)
             ]
         )
+
+    @torch.no_grad()
+    def sample_images(
+        self,
+        ys: Sequence[torch.Tensor],
+        physics: LinearPhysics,
+        conds: torch.Tensor | None,
+        indices: Sequence[int],
+        num: int,
+    ) -> torch.Tensor:
+        """`num` samples of each image -> (b, num, n, n), with inverse passes of `batch_samples`
+        latents that may mix images: one sample each of 100 images (the refinement's starts) or
+        the 100 samples of many small fastMRI slices take one pass instead of one per image.
+        Each image's conditioning features are computed on their own, as `sample` does, so
+        its samples do not depend on which images share its pass."""
+        if self.model is None:
+            raise RuntimeError("cinn: no trained model attached (load a checkpoint first)")
+        flow, device = self.model.flow, self.model.device
+        conds = torch.as_tensor(conds).to(device)
+        features = [flow.cond_net(flow.pad(c[None])) for c in conds]
+        z = torch.cat([self._latents(index, num) for index in indices])
+        owner = torch.arange(len(indices)).repeat_interleave(num)
+        images = []
+        for start in range(0, len(z), self.batch_samples):
+            rows = owner[start : start + self.batch_samples].tolist()
+            level_conds = [
+                torch.cat([features[i][level] for i in rows]) for level in range(len(features[0]))
+            ]
+            block = z[start : start + self.batch_samples].to(device)
+            images.append(flow.decode(block, level_conds).cpu())
+        return torch.cat(images).reshape(len(indices), num, *images[0].shape[1:])
 
     def refine(
         self,
