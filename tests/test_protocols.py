@@ -324,3 +324,25 @@ def test_out_of_range_draws_alone_flag_the_run_and_stay_in_the_mean(tmp_path):
     clipped = summary["estimators"]["clipped_mean"]["psnr_mean"]
     assert clipped > summary["estimators"]["mean"]["psnr_mean"] + 20
     assert clipped > clean["estimators"]["clipped_mean"]["psnr_mean"] - 1
+
+
+class RefiningScriptedSampler(ScriptedSampler):
+    """The scripted draws with a refinement that returns its start: the sweep's own checks."""
+
+    def refine(self, y, physics, cond, start, lam, steps, lr):
+        return start.clone()
+
+
+def test_the_refinement_sweep_checks_its_starting_draws_and_flags_every_row():
+    split = _fake_split()
+    broken = {0: [(0, "nan", 2)], 1: [(0, "big", 3)]}
+    sampler = RefiningScriptedSampler(np.asarray(split.x), broken)
+    cfg = {"lambdas": [0.0, 1.0], "steps": 1, "lr": 1e-3, "num_images": 4}
+    rows = protocols.refine_sweep(sampler, Dataset({}, 0), split, None, cfg, [0.0, 1.0])
+    for row in rows:  # one draw per image: image 0's is non-finite, image 1's out of range
+        assert (row["start_samples"], row["start_nonfinite_samples"]) == (4, 1)
+        assert row["start_out_of_range_samples"] == 1 and row["start_flagged"] is True
+        assert row["start_images_without_finite_sample"] == 1
+    fine = RefiningScriptedSampler(np.asarray(split.x), {})
+    rows = protocols.refine_sweep(fine, Dataset({}, 0), split, None, cfg, None)
+    assert all(r["start_flagged"] is False and r["start_nonfinite_samples"] == 0 for r in rows)

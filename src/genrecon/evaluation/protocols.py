@@ -388,7 +388,9 @@ def refine_sweep(
     """Sample refinement (seed 000 Eq. 22) over lambda, from one posterior sample per image.
 
     The start is one posterior sample per image, seeded per image and clipped like the
-    evaluation's samples when `clip` is set.
+    evaluation's samples when `clip` is set. Those draws are checked for exploding inverses as
+    the posterior protocol checks its own (`draw_check`, before clipping); every row carries the
+    counts (`start_*`), so the sweep's table rows are flagged like the others.
     """
     if not hasattr(method, "refine"):
         raise TypeError(f"sweep 'refine' needs a posterior sampler with `refine`; {method.name}")
@@ -396,17 +398,32 @@ def refine_sweep(
     cond = _cond(split, method, np.arange(n))
     ys = [torch.from_numpy(split[i][1]) for i in range(n)]
     start = method.sample_images(ys, physics, cond, list(range(n)), 1)[:, 0]
-    if clip:
-        start = start.clamp(*clip)
     y = torch.from_numpy(np.asarray(split.y[:n], np.float32))
     truth = np.asarray(split.x[:n])
+    checks = [draw_check(start[i : i + 1], plausible_range(truth[i])) for i in range(n)]
+    boom = exploding_summary([{k: v for k, v in c.items() if k != "finite"} for c in checks])
+    flags = {f"start_{key}": boom[key] for key in START_COUNTS}
+    if clip:
+        start = start.clamp(*clip)
     out = []
     for lam in tqdm(settings["lambdas"], desc="refinement sweep"):
         refined = method.refine(
             y, physics, cond, start, float(lam), settings["steps"], settings["lr"]
         )
-        out.append({"value": float(lam), **summarise(dataset.metrics(refined.numpy(), truth))})
+        scores = summarise(dataset.metrics(refined.numpy(), truth))
+        out.append({"value": float(lam), **scores, **flags})
     return out
+
+
+#: the exploding-inverse counts of the refinement's starting draws, in every sweep row
+START_COUNTS = (
+    "flagged",
+    "n",
+    "samples",
+    "nonfinite_samples",
+    "out_of_range_samples",
+    "images_without_finite_sample",
+)
 
 
 SWEEPS: dict[str, Callable[..., list[dict]]] = {"refine": refine_sweep}

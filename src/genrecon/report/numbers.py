@@ -288,6 +288,7 @@ def _sweep_rows(tid, table, row, results: Path, root: Path, cite) -> list[dict[s
                         value=line[f"{metric}_mean"],
                         std=line[f"{metric}_std"],
                         n=line["n"],
+                        note=exploding_note({"exploding": _start_counts(line)}),
                         source=f"{src}#value={line['value']}/{metric}_mean",
                         run_id=line["run_id"],
                     )
@@ -295,6 +296,15 @@ def _sweep_rows(tid, table, row, results: Path, root: Path, cite) -> list[dict[s
         if value in grid:
             out += cite(tid, table, {**row, "label": label}, rid, value)
     return out
+
+
+def _start_counts(line: Mapping[str, str]) -> dict[str, Any]:
+    """A sweep CSV row's `start_*` columns (the refinement's starting draws, checked like the
+    posterior protocol's) as an `exploding` block; {} for sweeps without them."""
+    counts = {k.removeprefix("start_"): v for k, v in line.items() if k.startswith("start_")}
+    if not counts:
+        return {}
+    return {k: v == "True" if k == "flagged" else int(float(v)) for k, v in counts.items()}
 
 
 def _curve_rows(tid, table, row, results: Path, root: Path) -> list[dict[str, str]]:
