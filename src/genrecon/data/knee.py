@@ -922,10 +922,7 @@ class VolumeScorer:
     """
 
     filename = "per_volume.csv"
-    label = (
-        "fastMRI's evaluation: per volume on the scanner's scale (PSNR over the volume, mean "
-        "slice SSIM, data range = the volume's max), mean and std over volumes"
-    )
+    label = "fastMRI's per-volume scores (scanner scale, data range = the volume's max)"
 
     def __init__(self, dataset: FastMRIKnee, split: KneeSplit):
         self.dataset, self.split = dataset, split

@@ -23,9 +23,9 @@ ESTIMATOR_NOTE = (
     "the clipped mean is an extra row."
 )
 READING_NOTE = (
-    "Each line: ours (mean ± std over images), the paper's number, and Δ = ours − paper; "
-    "– marks a number that does not exist; ⚠ a row whose samples exploded (footnote). Every "
-    "number is a row of numbers.csv with its source."
+    "Each line: ours (mean ± std over the test images, or over volumes where the caption says "
+    "so), the paper's number, and Δ = ours − paper; – marks a number that does not exist; ⚠ a "
+    "row whose samples exploded (footnote). Every number is a row of numbers.csv with its source."
 )
 
 
