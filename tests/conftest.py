@@ -72,3 +72,21 @@ def flow_in_float64(model):
                 module.M_inv.copy_(stored.inverse()[:, :, None, None])
                 module.logDetM.copy_(torch.linalg.slogdet(stored)[1])
     return model
+
+
+def assert_logdet_matches_autograd(model, x: torch.Tensor, cond: list[torch.Tensor]) -> None:
+    """The flow's log|det dz/dx| at one padded image x (1, 1, S, S) equals log|det| of the full
+    Jacobian from autograd (float64 models: `flow_in_float64`).
+
+    Row i of the Jacobian is the gradient of z_i: one backward pass through a batch of D copies
+    of x (copy i gives row i; the flows treat images independently), faster than a vmap over
+    rows. The flow must not be volume-preserving (perturb it first), or the check could not fail.
+    """
+    _, logdet = model.flow(x, c=cond, jac=True)
+    dim = x.numel()
+    copies = x.repeat(dim, 1, 1, 1).requires_grad_(True)
+    z, _ = model.flow(copies, c=[c.expand(dim, *c.shape[1:]) for c in cond], jac=False)
+    (rows,) = torch.autograd.grad(z.reshape(dim, -1).diagonal().sum(), copies)
+    _, expected = torch.linalg.slogdet(rows.reshape(dim, dim))
+    assert abs(expected.item()) > 1e-2
+    assert logdet.item() == pytest.approx(expected.item(), abs=1e-8)

@@ -311,6 +311,9 @@ def test_settings_in_prose_come_from_params(params, smoke):
     assert f["mnist_images"] == "the first 200 of 1000 test images"
     assert f["lodopab_images"] == "the test set (100 images)"
     assert f["refine_images"] == "the first 8 test images"
+    # fastMRI's splits count volumes (FastMRIKnee.unit), its evaluation the whole split
+    assert f["fastmri_knee_volumes"] == "10 test volumes"
+    assert f["fastmri_knee_images"] == "the test set (10 volumes)"
     full = facts(resolve_settings(params, "paper"), "paper")
     assert full["mnist_images"] == "the test set (10000 images)"
     assert "compare gaps" not in full["lodopab_note"]

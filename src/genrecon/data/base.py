@@ -127,6 +127,8 @@ class Dataset:
         """Per-image PSNR/SSIM; default: data range max - min of each ground truth (dival)."""
         return metric_functions.per_image(reconstructions, truths)
 
+    #: what its split sizes count (`splits`): images, or e.g. fastMRI's volumes
+    unit: ClassVar[str] = "images"
     #: groups the dataset's own scoring reports separately (e.g. fastMRI's PD and PDFS scans)
     groups: ClassVar[tuple[str, ...]] = ()
 

@@ -957,14 +957,11 @@ class VolumeScorer:
             rows = [r for r in self.rows if r["estimator"] == estimator]
             scored = [r for r in rows if np.isfinite(r["psnr"])]
             groups = {**by_acquisition(scored), "all": volume_statistics(scored)}
-            for label, acquisition in [(v, k) for k, v in ACQUISITIONS.items()] + [("all", None)]:
-                unscored = [
-                    r
-                    for r in rows
-                    if not np.isfinite(r["psnr"]) and acquisition in (None, r["acquisition"])
-                ]
-                if unscored or label in groups:
-                    groups.setdefault(label, {"n": 0})["unscored"] = len(unscored)
+            lost = [r["acquisition"] for r in rows if not np.isfinite(r["psnr"])]
+            for acquisition, label in [*ACQUISITIONS.items(), (None, "all")]:
+                count = sum(acquisition in (None, a) for a in lost)
+                if count or label in groups:
+                    groups.setdefault(label, {"n": 0})["unscored"] = count
             summary[estimator] = groups
         return self.rows, summary
 
@@ -984,6 +981,7 @@ class FastMRIKnee(Dataset):
     """
 
     conditionings = ("zero_filled",)
+    unit = "volumes"  # `splits` counts volumes; slices follow from the files
     groups = (*ACQUISITIONS.values(), "all")
 
     # ---- getting the data -------------------------------------------------------------------

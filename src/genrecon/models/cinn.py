@@ -143,25 +143,27 @@ class Architecture:
         return cls(**cfg)
 
 
-def _subnet(kernel: int | None):
-    """Subnet of the authors' couplings: 3 layers i -> 2i -> 2i -> o, LeakyReLU(0.01).
+def coupling_subnet(kernel: int | None, widths: tuple[int, int] | None = None):
+    """Subnet of the authors' couplings: 3 layers c_in -> w1 -> w2 -> c_out, LeakyReLU(0.01).
 
-    kernel: 1 or 3 for convolutions, None for the dense section's linear layers. i is the
-    subnet's input width including the condition (FrEIA concatenates it), so the width grows
-    with the condition, as theirs. Initialised as their `init_params`: every weight and
-    bias N(0, 0.02^2), the last layer zero, so every coupling starts as the identity.
+    kernel: 1 or 3 for convolutions (padding k // 2), None for a dense section's linear layers.
+    widths: the two hidden widths; None = (2 c_in, 2 c_in), the 2021 models' subnets, where
+    c_in is the subnet's input width including the condition (FrEIA concatenates it), so the
+    width grows with the condition, as theirs; the 2020 model fixes them (64, 92 / 512, 512).
+    Initialised as their `init_params`: every weight and bias N(0, 0.02^2), the last layer
+    zero, so every coupling starts as the identity.
     """
 
     def build(c_in: int, c_out: int) -> nn.Module:
+        w1, w2 = (2 * c_in, 2 * c_in) if widths is None else widths
         if kernel is None:
-            layers = [nn.Linear(c_in, 2 * c_in), nn.Linear(2 * c_in, 2 * c_in)]
-            layers.append(nn.Linear(2 * c_in, c_out))
+            layers = [nn.Linear(c_in, w1), nn.Linear(w1, w2), nn.Linear(w2, c_out)]
         else:
             pad = kernel // 2
             layers = [
-                nn.Conv2d(c_in, 2 * c_in, kernel, padding=pad),
-                nn.Conv2d(2 * c_in, 2 * c_in, kernel, padding=pad),
-                nn.Conv2d(2 * c_in, c_out, kernel, padding=pad),
+                nn.Conv2d(c_in, w1, kernel, padding=pad),
+                nn.Conv2d(w1, w2, kernel, padding=pad),
+                nn.Conv2d(w2, c_out, kernel, padding=pad),
             ]
         for layer in layers[:-1]:
             nn.init.normal_(layer.weight, 0.0, 0.02)
@@ -205,6 +207,19 @@ class ConditionalImageFlow(nn.Module):
         self.size = padded_size(image_size, levels)  # every level halves evenly
         self.base = make_base(base)
         self.dim = self.size * self.size
+
+    def adopt(self, graph: Ff.GraphINN) -> None:
+        """Make `graph` this flow's `flow`, its blocks registered under their node names.
+
+        GraphINN orders its module_list differently from one build to the next, so its own
+        parameter names cannot be trusted across processes: each block is registered under
+        its node name instead, and the graph (the same module objects) kept out of the state
+        dict.
+        """
+        self.blocks = nn.ModuleDict(
+            {node.name: node.module for node in graph.node_list if getattr(node, "module", None)}
+        )
+        object.__setattr__(self, "flow", graph)
 
     def pad(self, images: torch.Tensor) -> torch.Tensor:
         """(b, n, n) or (b, 1, n, n) -> (b, 1, size, size), reflect-padded."""
@@ -269,14 +284,7 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
             dense_steps=arch.dense_cond_steps,
             block_norm=arch.cond_block_norm,
         )
-        graph = self._build_flow(seed)
-        # GraphINN orders its module_list differently from one build to the next, so its own
-        # parameter names cannot be trusted across processes: register each block under its
-        # node name instead and keep the graph (same module objects) out of the state dict.
-        self.blocks = nn.ModuleDict(
-            {node.name: node.module for node in graph.node_list if getattr(node, "module", None)}
-        )
-        object.__setattr__(self, "flow", graph)
+        self.adopt(self._build_flow(seed))
 
     def _build_flow(self, seed: int) -> Ff.GraphINN:
         """The seed authors' multi-scale cINNs (cinn_for_imaging networks/cinn.py and
@@ -352,7 +360,7 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
         for level in range(arch.levels):
             current = add(current, LearnedInvertibleDownsampling, {}, name=f"down{level}").out0
             for block in range(arch.uncond_blocks):
-                current = glow(current, _subnet(1), f"uncond{level}_{block}")
+                current = glow(current, coupling_subnet(1), f"uncond{level}_{block}")
             if arch.split and level > 0:
                 channels = nodes[-1].output_dims[0][0]
                 half = channels // 2
@@ -367,7 +375,7 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
             if level >= arch.cond_levels:
                 continue
             for block in range(arch.blocks_per_level):
-                subnet = _subnet(1 if block % 2 == 0 else 3)
+                subnet = coupling_subnet(1 if block % 2 == 0 else 3)
                 current = glow(current, subnet, f"coupling{level}_{block}", conditions[level])
                 channels = nodes[-1].output_dims[0][0]
                 q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator))
@@ -401,7 +409,7 @@ class ConditionalMultiscaleFlow(ConditionalImageFlow):
             coupling = add(
                 current,
                 Fm.GLOWCouplingBlock,
-                {"subnet_constructor": _subnet(None), "clamp": arch.clamp},
+                {"subnet_constructor": coupling_subnet(None), "clamp": arch.clamp},
                 conditions=conditions[-1],
                 name=f"dense_coupling{block}",
             )

@@ -31,7 +31,7 @@ Layout (`ConditionalFlow2020`; paper values, 352 px input):
 Every coupling is FrEIA's affine `GLOWCouplingBlock` (soft clamp 1.5). Subnet activations are
 LeakyReLU(0.01) (the paper names LeakyReLU, not its slope). Every subnet's last layer starts at
 zero, so the model starts as the identity (the paper); the other subnet layers draw weights and
-biases from N(0, 0.02^2), as models/cinn.py's `_subnet`.
+biases from N(0, 0.02^2), as models/cinn.py's `coupling_subnet`.
 
 Conditioning network (`ConditioningNet2020`, the appendix's table): six levels of 3x3
 convolutions (padding 1, bias) with BatchNorm where the table says "BN"; level l's output is the
@@ -62,7 +62,7 @@ import FrEIA.modules as Fm
 import torch
 from torch import nn
 
-from genrecon.models.cinn import ConditionalImageFlow, _ChannelsLast, check_keys
+from genrecon.models.cinn import ConditionalImageFlow, _ChannelsLast, check_keys, coupling_subnet
 
 DOWNSAMPLINGS = {"irevnet": Fm.IRevNetDownsampling, "haar": Fm.HaarDownsampling}
 LEVELS = 5  # downsamplings (image levels); the dense section is the sixth level
@@ -204,49 +204,6 @@ class Architecture2020:
         return max(1, round(width * self.cond_scale))
 
 
-def _init(layers: list[nn.Module]) -> None:
-    """Every layer N(0, 0.02^2) (weights and biases), the last zero: the coupling starts as the
-    identity (the paper; as models/cinn.py's `_subnet`)."""
-    for layer in layers[:-1]:
-        nn.init.normal_(layer.weight, 0.0, 0.02)
-        nn.init.normal_(layer.bias, 0.0, 0.02)
-    nn.init.zeros_(layers[-1].weight)
-    nn.init.zeros_(layers[-1].bias)
-
-
-def _conv_subnet(widths: tuple[int, int], kernel: int):
-    """CNN subnet (k x k, padding k // 2): c_in -> w1 -> w2 -> c_out, LeakyReLU between.
-
-    The paper's conditioned subnet has widths (64, 92), its unconditioned one 1x1 (64, 64).
-    """
-
-    def build(c_in: int, c_out: int) -> nn.Module:
-        pad = kernel // 2
-        layers = [
-            nn.Conv2d(c_in, widths[0], kernel, padding=pad),
-            nn.Conv2d(widths[0], widths[1], kernel, padding=pad),
-            nn.Conv2d(widths[1], c_out, kernel, padding=pad),
-        ]
-        _init(layers)
-        net = _ChannelsLast(layers[0], nn.LeakyReLU(0.01), layers[1], nn.LeakyReLU(0.01), layers[2])
-        return net.to(memory_format=torch.channels_last)
-
-    return build
-
-
-def _dense_subnet(width: int):
-    """Dense subnet: c_in -> width -> width -> c_out (paper width 512), LeakyReLU between."""
-
-    def build(c_in: int, c_out: int) -> nn.Module:
-        layers = [nn.Linear(c_in, width), nn.Linear(width, width), nn.Linear(width, c_out)]
-        _init(layers)
-        return nn.Sequential(
-            layers[0], nn.LeakyReLU(0.01), layers[1], nn.LeakyReLU(0.01), layers[2]
-        )
-
-    return build
-
-
 class ConditioningNet2020(nn.Module):
     """The appendix's conditioning network: inversion image (b, 1, S, S) -> the list of the 5
     level conditions (keep[l] x S/2^(l+1) x S/2^(l+1)) and the dense vector (b, dense_cond).
@@ -348,13 +305,7 @@ class ConditionalFlow2020(ConditionalImageFlow):
             )
         self.arch = arch
         self.cond_net = ConditioningNet2020(arch)
-        graph = self._build_flow(seed)
-        # As models/cinn.py: register each block under its node name (GraphINN's own module
-        # order varies between builds) and keep the graph out of the state dict.
-        self.blocks = nn.ModuleDict(
-            {node.name: node.module for node in graph.node_list if getattr(node, "module", None)}
-        )
-        object.__setattr__(self, "flow", graph)
+        self.adopt(self._build_flow(seed))
 
     def _build_flow(self, seed: int) -> Ff.GraphINN:
         arch, size = self.arch, self.size
@@ -395,7 +346,7 @@ class ConditionalFlow2020(ConditionalImageFlow):
             z_parts.append(add(node.out1, Fm.Flatten, {}, name=f"flat_{name}").out0)
             return node.out0
 
-        uncond = _conv_subnet((arch.uncond_width, arch.uncond_width), 1)
+        uncond = coupling_subnet(1, (arch.uncond_width, arch.uncond_width))
         current = nodes[0].out0
         for level, (kind, kept) in enumerate(zip(arch.downsampling, arch.keep, strict=True)):
             # downsample section
@@ -406,7 +357,7 @@ class ConditionalFlow2020(ConditionalImageFlow):
             current = split(current, kept, f"split{level}")
             # conditional section
             for block in range(arch.couplings):
-                subnet = _conv_subnet(arch.subnet_widths, 1 if block % 2 == 0 else 3)
+                subnet = coupling_subnet(1 if block % 2 == 0 else 3, arch.subnet_widths)
                 name = f"cond{level}_coupling{block}"
                 current = coupling(current, subnet, name, conditions[level])
                 current = conv1x1(current, f"cond{level}_conv{block}")
@@ -417,7 +368,7 @@ class ConditionalFlow2020(ConditionalImageFlow):
             permutation_seed = int(torch.randint(2**31 - 1, (), generator=generator))
             permute = {"seed": permutation_seed}
             current = add(current, Fm.PermuteRandom, permute, name=f"dense_perm{block}").out0
-            dense = _dense_subnet(arch.dense_width)
+            dense = coupling_subnet(None, (arch.dense_width, arch.dense_width))
             current = coupling(current, dense, f"dense_coupling{block}", conditions[-1])
         z = add([*z_parts, current], Fm.Concat, {"dim": 0}, name="z")
         nodes.append(Ff.OutputNode(z, name="out"))

@@ -39,10 +39,6 @@ def _subset(num_images: int | None, test: int, unit: str = "images") -> str:
     return f"the first {num_images} of {test} test {unit}"
 
 
-#: datasets whose split sizes count a unit other than images
-UNITS = {"fastmri_knee": "volumes"}
-
-
 def _describe_dataset(name: str, cfg: Mapping[str, Any]) -> str:
     """What the data of a dataset are, in words (so a synthetic stand-in never passes as real)."""
     if name == "lodopab":
@@ -84,17 +80,19 @@ def facts(settings: Mapping[str, Any], scale: str) -> dict[str, str]:
     test images"), D_steps (training steps, where D trains). Per sweep S with num_images:
     S_images ("the first N test images").
     """
+    from genrecon.data.registry import lookup as dataset_lookup  # the classes, registered
+
     out = {"scale": scale}
     evaluate = settings.get("evaluate") or {}
     for name, cfg in settings["datasets"].items():
         out[f"{name}_note"] = scale_note(settings, scale, [name])
-        test, unit = int(cfg["splits"]["test"]), UNITS.get(name, "images")
+        test, unit = int(cfg["splits"]["test"]), dataset_lookup(name).unit
         out[f"{name}_{unit}"] = f"{test} test {unit}"
         if isinstance(evaluate.get(name), Mapping) and "num_images" in evaluate[name]:
             count = evaluate[name]["num_images"]
             out[f"{name}_images"] = (
                 _subset(count, test, unit)
-                if count is None or unit == "images"  # a limit counts images (here: slices)
+                if count is None or unit == "images"  # a limit counts images (knee: slices)
                 else f"the first {count} slices (whole volumes) of the {test} test {unit}"
             )
         steps = (settings.get("train") or {}).get(name, {}).get("steps")
