@@ -304,7 +304,7 @@ def test_required_inputs_skip_experiments_that_do_not_run_at_a_scale(spec, param
 def test_settings_in_prose_come_from_params(params, smoke):
     note = scale_note(smoke, "smoke", ["lodopab"])
     assert note == (
-        "smoke: synthetic LoDoPaB-format CT 64×64, 60 angles, N0=4096, 1500 training steps"
+        "smoke: synthetic LoDoPaB-format CT 64×64, 60 angles, N0=4096, 1200 training steps"
         " — compare gaps, not absolute values"
     )
     f = facts(smoke, "smoke")
