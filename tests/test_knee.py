@@ -11,7 +11,6 @@ import hashlib
 import http.server
 import io
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from genrecon.data import knee
 from genrecon.data.base import TrainingPairs, lookup
 from genrecon.data.download import ChecksumError
 from genrecon.physics.mri import file_seed
+from test_download import make_certificate, serve_https
 
 CROP = 16
 PD, PDFS = "CORPD_FBK", "CORPDFS_FBK"
@@ -354,14 +354,16 @@ def tar_of(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def test_urls_source_downloads_checks_and_extracts_fastmri_archives(prepared, tmp_path):
+def test_urls_source_downloads_checks_and_extracts_fastmri_archives(
+    prepared, tmp_path, monkeypatch
+):
     dataset, source = prepared
     archives = {f"/{n}.tar.gz": tar_of(source / n) for n in ("singlecoil_train", "singlecoil_val")}
     ArchiveHandler.files = archives
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ArchiveHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+    certificate = make_certificate(tmp_path / "tls")  # downloads are https only
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with serve_https(ArchiveHandler, certificate) as base:
         urls = [
             {"url": f"{base}{path}?signature=personal", "sha256": hashlib.sha256(body).hexdigest()}
             for path, body in archives.items()
@@ -378,5 +380,3 @@ def test_urls_source_downloads_checks_and_extracts_fastmri_archives(prepared, tm
         urls[0]["sha256"] = "0" * 64
         with pytest.raises(ChecksumError):
             knee.FastMRIKnee(tiny_cfg(source="urls", urls=urls), seed=3).download(tmp_path / "bad")
-    finally:
-        httpd.shutdown()

@@ -147,13 +147,48 @@ def test_fingerprint_covers_the_trajectory_but_not_steps():
         training.settings({**CFG, "plateau_threshhold": 0.005})
 
 
-def test_checkpoints_are_atomic_and_load_with_weights_only(tmp_path, monkeypatch):
+class _Payload:
+    """A pickle that runs code when loaded without `weights_only` (it touches `marker`)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path, monkeypatch):
+    """Every load is `weights_only`: a checkpoint carrying code is refused and runs nothing."""
     run(tmp_path, 5)
-    best, sidecar = tmp_path / "best.pt", tmp_path / "best.json"
-    before = best.read_bytes(), sidecar.read_bytes()
     for name in ("best.pt", "last.pt"):
         state = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
         assert isinstance(state["model"]["mean.weight"], torch.Tensor)
+    calls = []
+    load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_model(tmp_path / "best.pt", build_from_spec)
+    run(tmp_path, 10)  # resumes from last.pt
+    assert calls == [True, True]
+
+    marker = tmp_path / "code-ran"
+    for name in ("best.pt", "last.pt"):
+        torch.save({"model": _Payload(marker), "meta_sha256": "0"}, tmp_path / name)
+    with pytest.raises(CheckpointError, match="best.pt: truncated or corrupt checkpoint"):
+        load_model(tmp_path / "best.pt", build_from_spec)
+    with pytest.raises(CheckpointError, match="last.pt: truncated or corrupt checkpoint"):
+        run(tmp_path, 15)
+    assert not marker.exists()
+
+
+def test_checkpoints_are_atomic(tmp_path, monkeypatch):
+    run(tmp_path, 5)
+    best, sidecar = tmp_path / "best.pt", tmp_path / "best.json"
+    before = best.read_bytes(), sidecar.read_bytes()
 
     def torn_save(obj, f):
         f.write(b"half a checkpoint")
@@ -239,9 +274,94 @@ def test_unreadable_last_checkpoint_is_not_overwritten(tmp_path):
     run(tmp_path, 5)
     (tmp_path / "last.json").unlink()
     kept = (tmp_path / "last.pt").read_bytes()
-    with pytest.raises(CheckpointError, match="last.pt cannot be resumed.*Delete"):
+    with pytest.raises(CheckpointError, match="cannot resume: .*last.json: .*not found") as error:
         run(tmp_path, 10)
+    assert f"delete {tmp_path / 'last.pt'} and rerun: training restarts from step 0" in str(
+        error.value
+    )
     assert (tmp_path / "last.pt").read_bytes() == kept
+
+
+def _damage(checkpoint: Path, how: str) -> Path:
+    """Damage `checkpoint` or its sidecar as a full disk, a killed copy or bit rot would."""
+    target = checkpoint.with_suffix(".json") if how == "garbled sidecar" else checkpoint
+    data = target.read_bytes()
+    target.write_bytes(
+        {
+            "truncated": data[: len(data) // 2],
+            "cut short": data[:-10],
+            "empty": b"",
+            "garbage": b"not a checkpoint" * 8,
+            "garbled sidecar": data[: len(data) // 2],
+        }[how]
+    )
+    return target
+
+
+DAMAGES = ["truncated", "cut short", "empty", "garbage", "garbled sidecar"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_corrupt_best_checkpoint_is_one_line_naming_it_and_the_fix(tmp_path, how):
+    """The evaluation jobs load best.pt: a damaged one says which file, and to rerun the fit."""
+    run(tmp_path, 5)
+    damaged = _damage(tmp_path / "best.pt", how)
+    with pytest.raises(CheckpointError) as error:
+        load_model(tmp_path / "best.pt", build_from_spec)
+    message = str(error.value)
+    assert "\n" not in message and str(damaged) in message
+    assert "rerun the fit job (`snakemake --forcerun fit`" in message
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_corrupt_last_checkpoint_is_one_line_and_its_fix_works(tmp_path, how):
+    """A damaged last.pt stops the resume with one line naming it; doing what it says works."""
+    run(tmp_path, 5)
+    damaged = _damage(tmp_path / "last.pt", how)
+    kept = damaged.read_bytes()
+    with pytest.raises(CheckpointError) as error:
+        run(tmp_path, 10)
+    message = str(error.value)
+    assert "\n" not in message and str(damaged) in message
+    last = tmp_path / "last.pt"
+    assert f"delete {last} and rerun: training restarts from step 0" in message
+    assert damaged.read_bytes() == kept  # nothing overwritten before the user decides
+    last.unlink()
+    summary, trained = run(tmp_path, 10)
+    assert trained == 10 and summary["steps"] == 10
+
+
+def test_best_checkpoint_is_rebuilt_from_last_after_snakemake_removed_it(tmp_path, monkeypatch):
+    """Snakemake deletes a failed fit job's declared outputs (best.pt, best.json), not last.pt.
+
+    The rerun resumes from last.pt and must write best.pt back as it was, also when the best
+    validation lies before the last one (else the job ends without its output).
+    """
+    losses = iter([1.0, 0.5, 0.9])  # the best is at step 10, the last validation at 15
+    monkeypatch.setattr(training, "_validation_loss", lambda *args, **kwargs: next(losses))
+    run(tmp_path, 15)
+    best = tmp_path / "best.pt"
+    kept, kept_meta = _weights(best), json.loads(best.with_suffix(".json").read_text())
+    assert kept_meta["step"] == 10
+    best.unlink()
+    best.with_suffix(".json").unlink()
+    summary, trained = run(tmp_path, 15)
+    assert trained == 0 and summary["best_val_bpd"] == training.bits_per_dim(0.5)
+    _, meta = load_model(best, build_from_spec)
+    assert meta == kept_meta
+    restored = _weights(best)
+    assert all(torch.equal(restored[key], kept[key]) for key in kept)
+    last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
+    assert not torch.equal(last["model"]["mean.weight"], kept["mean.weight"])
+
+
+def test_last_checkpoint_stores_the_current_best_weights_once(tmp_path):
+    """When the last validation is the best, last.pt's copy of the best shares its storage."""
+    run(tmp_path, 5)
+    state = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
+    for key, tensor in state["model"].items():
+        shared = state["best_model"][key].untyped_storage().data_ptr()
+        assert shared == tensor.untyped_storage().data_ptr(), key
 
 
 def test_constant_schedule_keeps_the_learning_rate(tmp_path):

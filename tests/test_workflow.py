@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import yaml
 
 from conftest import ROOT
@@ -179,7 +184,69 @@ def tiny_project(tmp_path: Path) -> Path:
     return project
 
 
-def test_tiny_end_to_end_run(tmp_path):
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback only: sqlite backend, local (proxied) artifact root."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    log = open(store / "server.log", "wb")
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store}/mlflow.db",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
+        env=ENV,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.RequestException:  # not listening yet, or still starting
+            pass
+        assert server.poll() is None, (store / "server.log").read_text()[-2000:]
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"mlflow server did not come up: {(store / 'server.log').read_text()}")
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
+
+
+def genrecon(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "genrecon"), *args], cwd=cwd, env=ENV, capture_output=True, text=True
+    )
+
+
+def _flip_byte(path: Path, offset: int = -1) -> bytes:
+    """Change one byte of `path` in place; returns the original content to restore."""
+    original = path.read_bytes()
+    data = bytearray(original)
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    return original
+
+
+def test_tiny_end_to_end_run(tmp_path, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     from genrecon.methods import method_class
@@ -187,7 +254,13 @@ def test_tiny_end_to_end_run(tmp_path):
     from genrecon.report.pagecheck import BrowserMissing, check_report_pages
 
     project = tiny_project(tmp_path)
+    # tracked through the server (tracking.uri), not the default sqlite file
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tracking"]["uri"] = mlflow_server
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "server"], cwd=project, check=True)
     snakemake("--cores", "2", cwd=project)
+    assert not (project / "results" / "mlflow.db").exists()  # nothing went to the default store
     sheet = tiny_sheet(project)
     rows_of_sheet = sheet["experiments"]
     trainable = [e for e, r in rows_of_sheet.items() if method_class(r["method"]).trainable]
@@ -206,7 +279,7 @@ def test_tiny_end_to_end_run(tmp_path):
         "s001_table1",
     }
 
-    client = MlflowClient(f"sqlite:///{project}/results/mlflow.db")
+    client = MlflowClient(mlflow_server)
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True
     ).stdout.strip()
@@ -214,6 +287,82 @@ def test_tiny_end_to_end_run(tmp_path):
         tags = client.get_run(run_id).data.tags
         assert tags["git_commit"] == head and tags["git_dirty"] == "false"
         assert {"data_hash", "data_dvc_md5", "rule", "wildcards"} <= set(tags)
+
+    # one MLflow tree: the invocation's parent run, every job's run its child
+    experiment = client.get_experiment_by_name("genrecon").experiment_id
+    runs = client.search_runs([experiment], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kind") == "reproduction"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert "snakemake" in parent.data.tags["command"] and "--cores 2" in parent.data.tags["command"]
+    assert parent.data.tags["host"] == socket.gethostname()
+    assert parent.data.tags["git_commit"] == head
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"snakemake"}
+    jobs = [r for r in runs if r is not parent]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in jobs} == {parent.info.run_id}
+    # every job recorded the sha256 of each file its rule declared, all present
+    for run in jobs:
+        local = client.download_artifacts(run.info.run_id, "provenance/files.json", str(tmp_path))
+        record = json.loads(Path(local).read_text())
+        assert list(record["outputs"]) == run.data.tags["outputs"].split(), run.data.tags["rule"]
+        assert record["outputs"] and None not in record["outputs"].values()
+        assert None not in record["inputs"].values()
+    assert {r.data.tags["rule"] for r in jobs} == {
+        "prepare",
+        "fit",
+        "reconstruct",
+        "sweep",
+        "benchmarks",
+        "numbers",
+        "notebook",
+        "index",
+    }
+
+    # the audit: all matches on a fresh run; one changed byte anywhere behind it is named
+    audit = genrecon("audit", cwd=project)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "audit passed" in audit.stdout and " 0/" not in audit.stdout
+    fit = client.search_runs([experiment], "tags.rule = 'fit'")[0]
+    checkpoint = fit.data.tags["outputs"].split()[0]
+    evaluation = next(r for r in rows if r["who"] == "ours" and r["source"].endswith("_mean"))
+    data_file = next(p for p in (project / "data").rglob("*.hdf5"))
+    for victim in (
+        project / checkpoint,
+        project / evaluation["source"].partition("#")[0].replace("summary.json", "per_image.csv"),
+        data_file,
+        project / "notebooks" / "mnist.ipynb",
+    ):
+        original = _flip_byte(victim)
+        failed = genrecon("audit", cwd=project)
+        victim.write_bytes(original)
+        name = str(victim.relative_to(project))
+        assert failed.returncode == 1 and name in failed.stdout, (name, failed.stdout)
+    numbers_csv = report / "numbers.csv"
+    original = numbers_csv.read_bytes()  # bytes: the CSV's \r\n must come back as it was
+    value = evaluation["value"].encode()
+    typed = original.replace(b"," + value + b",", b",%r," % (float(value) + 1), 1)
+    assert typed != original
+    numbers_csv.write_bytes(typed)
+    failed = genrecon("audit", cwd=project)
+    numbers_csv.write_bytes(original)
+    assert failed.returncode == 1 and "numbers.csv" in failed.stdout
+    assert genrecon("audit", "--no-data", cwd=project).returncode == 0  # all restored
+
+    # one number's whole chain: file, run, rule, params, inputs with their runs, data, commit
+    which = f"{evaluation['table']}/{evaluation['row']}/{evaluation['metric']}"
+    chain = genrecon("provenance", "--number", which, cwd=project)
+    assert chain.returncode == 0, chain.stderr
+    for expected in (
+        evaluation["value"],
+        "matches its run's record",
+        "rule     reconstruct",
+        "rule     fit",
+        "rule     prepare",
+        "MANIFEST.json",
+        f"code     git {head}",
+        "param    ",
+    ):
+        assert expected in chain.stdout, (expected, chain.stdout)
     fit_runs = client.search_runs(
         [client.get_experiment_by_name("genrecon").experiment_id], "tags.job = 'fit'"
     )
@@ -241,6 +390,16 @@ def test_tiny_end_to_end_run(tmp_path):
     ).stdout
     assert status == ""
 
+    # a data version published with DVC and pulled back: the audit accepts the restored files
+    dvc = str(BIN / "dvc")
+    for command in (["add", "-q", "data"], ["push", "-q"]):
+        subprocess.run([dvc, *command], cwd=project, env=ENV, check=True, capture_output=True)
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
+    subprocess.run([dvc, "pull", "-q"], cwd=project, env=ENV, check=True, capture_output=True)
+    pulled = genrecon("audit", cwd=project)
+    assert pulled.returncode == 0 and "data files re-hashed" in pulled.stdout, pulled.stdout
+
     # A changed setting reruns exactly the jobs that read it: evaluate.clip is read by the
     # posterior evaluations and the refinement sweeps of that dataset, and by nothing upstream.
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -267,35 +426,3 @@ def tiny_sheet(project: Path) -> dict:
     from genrecon.config import resolve
 
     return resolve(yaml.safe_load((project / "params.yaml").read_text()), "smoke", project)
-
-
-@pytest.mark.slow
-def test_tiny_run_through_the_slurm_profile(tmp_path):
-    """profiles/slurm against a single-node SLURM on this machine (needs root; installs slurm)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip("needs root and apt-get to start a local SLURM")
-    start = subprocess.run(
-        ["bash", str(ROOT / "tests" / "slurm" / "start-slurm.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if start.returncode != 0:
-        pytest.skip(f"local SLURM did not start: {start.stderr[-500:]}")
-    project = tiny_project(tmp_path)
-    snakemake(
-        "--profile",
-        "profiles/slurm",
-        "--default-resources",
-        "slurm_partition=debug",
-        "mem_mb=1000",
-        "runtime=10",
-        "cpus_per_task=1",
-        "--slurm-init-seconds-before-status-checks",
-        "2",
-        cwd=project,
-    )
-    assert (project / "results" / "report" / "index.html").exists()
-    log = next((project / ".snakemake" / "log").glob("*.snakemake.log")).read_text()
-    submitted = log.count("submitted with SLURM jobid")
-    assert submitted > 0 and submitted == log.count("Finished jobid") - 1  # all but `all`

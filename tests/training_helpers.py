@@ -2,15 +2,14 @@
 
 Run as a script (`python tests/training_helpers.py OUT STEPS WORKERS`) it trains the tiny model
 and prints how many training steps this process ran, so a test can kill it and resume it.
-Set GENRECON_TEST_STEP_SLEEP (seconds) to slow the steps down enough to be killed mid-run.
+Set GENRECON_TEST_STEP_SLEEP (seconds; `genrecon.training.fit` honours it, so the real `fit`
+job of the pipeline does too) to slow the steps down enough to be killed mid-run.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +44,12 @@ class ConditionalGaussian(torch.nn.Module):
         self.mean = torch.nn.Linear(dim, dim)
         self.log_sigma = torch.nn.Parameter(torch.zeros(dim))
         self.noise = noise
-        self.sleep = 0.0
         self.training_steps = 0
 
     def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None):
         x = batch["x"]
         if generator is not None:
             self.training_steps += 1
-            time.sleep(self.sleep)
             x = x + self.noise * torch.randn(x.shape, generator=generator).to(x.device)
         z = (x - self.mean(batch["c"])) * torch.exp(-self.log_sigma)
         nll = 0.5 * z**2 + self.log_sigma + 0.5 * math.log(2 * math.pi)
@@ -93,7 +90,6 @@ def run(
 
     def build() -> ConditionalGaussian:
         model = build_from_spec(SPEC)
-        model.sleep = float(os.environ.get("GENRECON_TEST_STEP_SLEEP", "0"))
         models.append(model)
         return model
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genrecon.atomic import write_text_atomic
 from genrecon.config import resolve
 from genrecon.models.cinn import build_model
 from genrecon.physics.ct import CTGeometry, apply, fbp_operator, ray_transform
@@ -180,7 +181,6 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
         "run_id": run_id,
         "results": results,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(payload, indent=2) + "\n")  # a killed job leaves no torn file
     mlflow.log_artifact(str(out))
     return payload

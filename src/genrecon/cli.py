@@ -230,13 +230,29 @@ def cmd_report(args, params, settings) -> None:
             dict(p.split("=", 1) for p in args.parameter),
         )
     else:
-        report.write_index(params, settings, [Path(p) for p in args.pages], Path(args.out))
+        from genrecon.tracking import tracked_run
+
+        with tracked_run(params, "index", {"pages": args.pages}):
+            report.write_index(params, settings, [Path(p) for p in args.pages], Path(args.out))
 
 
-def cmd_provenance(args, params, settings) -> None:
+def cmd_provenance(args, params, settings) -> int:
+    if args.number:
+        from genrecon.audit import print_number_chain, report_dir
+
+        numbers = Path(args.numbers) if args.numbers else report_dir(settings) / "numbers.csv"
+        return print_number_chain(params, numbers, args.number)
     from genrecon import report
 
     report.print_provenance(params, args.run_id, Path(args.numbers) if args.numbers else None)
+    return 0
+
+
+def cmd_audit(args, params, settings) -> int:
+    from genrecon.audit import print_audit, run_audit
+
+    report = Path(args.report) if args.report else None
+    return print_audit(run_audit(params, settings, report, check_data=not args.no_data))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -284,6 +300,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("provenance", help="where a number came from: run, code, data, params")
     s.add_argument("run_id", nargs="?", help="MLflow run id (or use --numbers to list all)")
     s.add_argument("--numbers", help="numbers.csv: resolve every row's run")
+    s.add_argument(
+        "--number",
+        help="the whole chain behind one number: its numbers.csv line, or TABLE/ROW/METRIC[@X]",
+    )
+    s = sub.add_parser("audit", help="recompute the hashes behind every number of the report")
+    s.add_argument("--report", help="report folder (default: the scale's)")
+    s.add_argument("--no-data", action="store_true", help="do not re-hash the data files")
     return p
 
 
@@ -297,18 +320,25 @@ COMMANDS = {
     "bench": cmd_bench,
     "report": cmd_report,
     "provenance": cmd_provenance,
+    "audit": cmd_audit,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from genrecon.data.errors import DataError
+
     args = parser().parse_args(argv)
-    params = config.load_params(args.params)
-    if args.scale:
-        params["scale"] = args.scale
-    settings = config.resolve(params, root=Path(args.params).parent)
-    args.scale = settings["scale"]
-    COMMANDS[args.command](args, params, settings)
-    return 0
+    try:
+        params = config.load_params(args.params)
+        if args.scale:
+            params["scale"] = args.scale
+        settings = config.resolve(params, root=Path(args.params).parent)
+        args.scale = settings["scale"]
+        return COMMANDS[args.command](args, params, settings) or 0
+    except (config.ConfigError, DataError) as error:
+        # the message names the file or setting and what to do; a traceback would bury it
+        print(f"genrecon: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

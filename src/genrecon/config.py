@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,63 @@ class ConfigError(ValueError):
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml; a YAML syntax error is one line naming the file, line and column."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: parameter file not found (run from the project root)")
-    return yaml.safe_load(path.read_text())
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        detail = f"{context}, {problem}" if context else problem
+        raise ConfigError(
+            _one_line(f"{where}: YAML syntax error ({detail}); fix that line and rerun")
+        ) from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, found {type(params).__name__}")
+    check_no_credentials(params)
+    return params
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+#: query parameters that carry a secret (an access token, a signature)
+SECRET_QUERY = re.compile(r"token|secret|password|passwd|pwd|key|signature|sig|auth", re.I)
+
+
+def check_no_credentials(params: dict) -> None:
+    """`tracking.uri` (base and overlays) must not embed credentials.
+
+    Why: params.yaml is committed, logged to MLflow with every run and copied into reports;
+    a password or token in it leaks with all of them. MLflow reads its credentials from the
+    environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN),
+    DVC from its own config (`dvc remote modify --local`) or environment.
+    """
+    blocks = [("tracking.uri", params.get("tracking"))]
+    for scale, overlay in (params.get("scales") or {}).items():
+        if isinstance(overlay, dict):
+            blocks.append((f"scales.{scale}.tracking.uri", overlay.get("tracking")))
+    for where, block in blocks:
+        uri = block.get("uri") if isinstance(block, dict) else None
+        if not isinstance(uri, str) or not uri:
+            continue
+        parts = urllib.parse.urlsplit(uri)
+        found = []
+        if "@" in parts.netloc:
+            found.append("user:password@ in the address")
+        names = [k for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+        found += [f"the query parameter {k!r}" for k in names if SECRET_QUERY.search(k)]
+        if found:
+            raise ConfigError(
+                f"params.yaml: {where} embeds credentials ({', '.join(found)}); remove them "
+                "and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                "MLFLOW_TRACKING_TOKEN) in the environment instead"
+            )
 
 
 def deep_merge(base: Any, overlay: Any, where: str = "") -> Any:
@@ -66,7 +121,7 @@ def validate_schema(params: dict, root: Path = Path(".")) -> None:
         jsonschema.validate(params, _schema(root))
     except jsonschema.ValidationError as error:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ConfigError(f"params.yaml: {where}: {error.message}") from None
+        raise ConfigError(_one_line(f"params.yaml: {where}: {error.message}")) from None
 
 
 def resolve(params: dict, scale: str | None = None, root: Path = Path(".")) -> dict[str, Any]:
@@ -76,6 +131,7 @@ def resolve(params: dict, scale: str | None = None, root: Path = Path(".")) -> d
     Every cross-reference of the sheet is checked here, at startup.
     """
     validate_schema(params, root)
+    check_no_credentials(params)  # also here: Snakemake reads params.yaml itself
     scale = scale or params.get("scale", "smoke")
     if scale not in SCALES or scale not in params["scales"]:
         raise ConfigError(f"scale={scale!r}: expected one of {SCALES} with an overlay in params")

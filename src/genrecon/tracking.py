@@ -1,7 +1,17 @@
 """MLflow runs with provenance: git commit and dirty flag, data hash, params, rule, wildcards.
 
 Every job of the pipeline runs inside `tracked_run`; its run id is written into the job's
-outputs so each number in the report can name the run that produced it.
+outputs so each number in the report can name the run that produced it. Two more links make
+provenance checkable rather than merely shown (`genrecon audit`, genrecon/audit.py):
+
+- Files. The rule tells its job which files it reads and writes (GENRECON_INPUTS /
+  GENRECON_OUTPUTS, set in the rule's shell from Snakemake's {input} and {output}); when the job
+  succeeds, `tracked_run` records the sha256 of each in the run (artifact `provenance/files.json`).
+  An artifact edited after its run no longer matches what its run recorded.
+- One tree per reproduction. The Snakefile's `onstart` opens a parent run (`start_reproduction`:
+  the Snakemake command line, profile, host) and exports its id (GENRECON_PARENT_RUN_ID); every
+  job started by that invocation, locally or through sbatch (which exports the environment),
+  becomes its child. `onsuccess` / `onerror` close it with the Snakemake log attached.
 """
 
 from __future__ import annotations
@@ -16,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
+PARENT_ENV = "GENRECON_PARENT_RUN_ID"
+INPUTS_ENV, OUTPUTS_ENV = "GENRECON_INPUTS", "GENRECON_OUTPUTS"
+FILES_ARTIFACT = "provenance/files.json"
 
 
 def tracking_uri(params: dict | None = None) -> str:
@@ -52,6 +65,27 @@ def dvc_pinned_hash(dvc_file: Path = Path("data.dvc")) -> str:
 def manifest_hash(manifest: Path) -> str:
     """Content hash of the data a job read: sha256 of its dataset MANIFEST.json."""
     return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def declared_files(variable: str) -> list[str]:
+    """The paths a rule declared (space-separated in `variable`; workflow paths have no spaces)."""
+    return os.environ.get(variable, "").split()
+
+
+def file_record(inputs: list[str], outputs: list[str]) -> dict[str, dict[str, str | None]]:
+    """{"inputs": {path: sha256}, "outputs": {...}}; None for a declared file that is absent."""
+    return {
+        side: {p: sha256_file(Path(p)) if Path(p).is_file() else None for p in paths}
+        for side, paths in (("inputs", inputs), ("outputs", outputs))
+    }
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -104,13 +138,72 @@ def tracked_run(
         "data_hash": ",".join(manifest_hash(m) for m in manifests) or "none",
         "data_manifests": ",".join(str(m) for m in manifests),
         "rule": job,  # every job is named after the Snakemake rule that runs it
+        # what the job writes, searchable: `genrecon audit` finds each file's producing run
+        "outputs": " ".join(declared_files(OUTPUTS_ENV))[:8000],
         "wildcards": json.dumps(wildcards or {}),
         "scale": params.get("scale", "smoke"),
         "job": job,
     }
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        tags["mlflow.parentRunId"] = parent  # MLflow's own nesting tag: the UI shows the tree
     with mlflow.start_run(experiment_id=experiment_id, run_name=job, tags=tags) as run:
         flat: dict[str, str] = {}
-        _flatten("", {"seed": params.get("seed"), **(job_params or {})}, flat)
+        # presigned download links (fastMRI `urls`) carry their signature in the query string
+        from genrecon.data.download import redact_urls
+
+        _flatten("", redact_urls({"seed": params.get("seed"), **(job_params or {})}), flat)
         if flat:
             mlflow.log_params({k: v[:6000] for k, v in flat.items()})
         yield run
+        # reached only when the job's body succeeded: a failed run records no file hashes
+        record = file_record(declared_files(INPUTS_ENV), declared_files(OUTPUTS_ENV))
+        mlflow.log_dict(record, FILES_ARTIFACT)
+
+
+def _profile(argv: list[str]) -> str:
+    """The --profile / --workflow-profile a Snakemake command line names ('' for none)."""
+    for flag in ("--profile", "--workflow-profile"):
+        for i, arg in enumerate(argv):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+    return os.environ.get("SNAKEMAKE_PROFILE", "")
+
+
+def start_reproduction(params: dict, argv: list[str]) -> str:
+    """Open the parent run of one pipeline invocation and export its id to the jobs."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = init_store(params)
+    tags = {
+        "kind": "reproduction",
+        "command": " ".join(argv),
+        "profile": _profile(argv) or "(none: local)",
+        "host": socket.gethostname(),
+        "scale": params.get("scale", "smoke"),
+        **code_version(),
+        "data_dvc_md5": dvc_pinned_hash(),
+    }
+    run = MlflowClient(tracking_uri(params)).create_run(
+        experiment_id, tags=tags, run_name="reproduction"
+    )
+    os.environ[PARENT_ENV] = run.info.run_id
+    return run.info.run_id
+
+
+def end_reproduction(params: dict, status: str, logs: str | list[str] | None = None) -> None:
+    """Close the parent run (FINISHED / FAILED), with the Snakemake log(s) as its artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = os.environ.get(PARENT_ENV)
+    if not run_id:
+        return
+    client = MlflowClient(tracking_uri(params))
+    for log in [logs] if isinstance(logs, str) else logs or []:
+        if Path(log).is_file():
+            client.log_artifact(run_id, log, "snakemake")
+    client.set_terminated(run_id, status)

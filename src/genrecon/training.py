@@ -15,12 +15,16 @@ Reproducibility is the point of the design: the RNG sequence is exactly that of 
 replaces (`genrecon.train`): `torch.manual_seed(seed)`, build, then per step the batch indices
 and the model's noise from one generator seeded with `seed`. `last.pt` holds everything that
 steers the trajectory (weights, Adam, scheduler, generator), so an interrupted job, or one
-asked for more steps, continues bit-identically to an uninterrupted run.
+asked for more steps, continues bit-identically to an uninterrupted run. It also holds the best
+weights so far: Snakemake deletes a failed job's declared outputs (`best.pt`, not `last.pt`),
+and the resumed job writes `best.pt` back from them.
 
 Checkpoints are written atomically and hold tensors and plain numbers only
 (`torch.load(weights_only=True)`); what is not a tensor (the architecture spec, step, best loss,
 history, fingerprint) is in a JSON sidecar (`best.json`, `last.json`) that the `.pt` names by
-its SHA-256, so a checkpoint and a sidecar from different saves are never mixed silently.
+its SHA-256, so a checkpoint and a sidecar from different saves are never mixed silently. A
+truncated or corrupt checkpoint, or a garbled sidecar, is one line naming the file and what to
+do (`remedy`).
 """
 
 from __future__ import annotations
@@ -33,18 +37,19 @@ import json
 import math
 import multiprocessing
 import os
-import pickle
 import sys
-import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from genrecon.atomic import atomic_write, fsync_dir, remove_stale_temporaries
 
 #: sidecar format version: bump when the JSON layout changes
 FORMAT = 1
@@ -69,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
 #: settings that change no number, so a changed value still resumes
 NOT_FINGERPRINTED = frozenset({"steps", "loader_workers"})
 HISTORY_FIELDS = ("step", "train_bpd", "val_bpd", "lr")
+#: test hook: seconds to sleep after every training step, so that a test can SIGKILL a real
+#: `genrecon fit` job mid-run (tests/test_pipeline_faults.py); unset, i.e. 0, in real use
+STEP_SLEEP_ENV = "GENRECON_TEST_STEP_SLEEP"
 
 
 class Data(Protocol):
@@ -113,37 +121,6 @@ def fingerprint(inputs: dict) -> str:
 # --- atomic checkpoints with JSON sidecars ---------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over `path`.
-
-    A crash or an exception at any point leaves either the old file or the new one, never a
-    half-written file under `path`; the temporary file is removed on an exception (a SIGKILL
-    may leave one behind, which `fit` sweeps away at its next start).
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def sidecar(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
@@ -168,11 +145,33 @@ def save_checkpoint(checkpoint: Path, tensors: dict, meta: dict) -> None:
     checkpoint = Path(checkpoint)
     text = _meta_text(meta)
     pending = _pending(checkpoint)
-    _atomic_write(pending, lambda f: f.write(text))
+    atomic_write(pending, lambda f: f.write(text))
     payload = {**tensors, "meta_sha256": hashlib.sha256(text).hexdigest()}
-    _atomic_write(checkpoint, lambda f: torch.save(payload, f))
+    atomic_write(checkpoint, lambda f: torch.save(payload, f))
     os.replace(pending, sidecar(checkpoint))
-    _fsync_dir(checkpoint.parent)
+    fsync_dir(checkpoint.parent)
+
+
+def remedy(checkpoint: Path) -> str:
+    """What to do about an unusable checkpoint, for the one-line error naming it.
+
+    `last.pt` is only a resume point: deleting it costs the steps run so far. `best.pt` is the
+    fit job's output, which `fit` rebuilds from the copy of the best weights in `last.pt`
+    (or retrains), so the job is rerun rather than the file deleted by hand.
+    """
+    if Path(checkpoint).name.startswith("last"):
+        return f"delete {checkpoint} and rerun: training restarts from step 0"
+    return (
+        "rerun the fit job (`snakemake --forcerun fit`, or delete it and rerun snakemake): "
+        "it is rebuilt from last.pt, or retrained"
+    )
+
+
+def _one_line(error: BaseException, limit: int = 120) -> str:
+    """`Type: first line of the message`, short: torch's load errors run to paragraphs."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_meta(checkpoint: Path, state: dict) -> dict:
@@ -182,8 +181,7 @@ def read_meta(checkpoint: Path, state: dict) -> dict:
     digest = state.get("meta_sha256")
     if digest is None:
         raise CheckpointError(
-            f"{checkpoint}: no sidecar digest (written by an older genrecon?); retrain, or "
-            f"delete {checkpoint} to start over"
+            f"{checkpoint}: no sidecar digest (written by an older genrecon?); {remedy(checkpoint)}"
         )
     for candidate in (json_path, pending):
         if candidate.exists():
@@ -196,19 +194,38 @@ def read_meta(checkpoint: Path, state: dict) -> dict:
     if not json_path.exists():
         raise FileNotFoundError(
             f"{json_path}: checkpoint metadata not found beside {checkpoint.name} (it holds the "
-            "architecture; copy it with the checkpoint, or retrain)"
+            f"architecture); copy it with the checkpoint, or {remedy(checkpoint)}"
         )
     raise CheckpointError(
-        f"{json_path} does not match {checkpoint.name} (they come from different saves); "
-        "restore the pair together, or retrain"
+        f"{json_path} does not match {checkpoint.name} (garbled, or from another save); "
+        f"restore the pair together, or {remedy(checkpoint)}"
     )
 
 
 def _load_state(checkpoint: Path) -> dict:
+    """The tensors of `checkpoint` (`weights_only`: a checkpoint cannot run code when loaded).
+
+    A truncated or corrupt file raises one of many exceptions from deep inside torch (OSError,
+    EOFError, KeyError, UnpicklingError, RuntimeError, ...), with messages that name neither
+    the file nor a way out; they become one `CheckpointError` line that names both.
+    """
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found (train the model first)")
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except Exception as error:
+        raise CheckpointError(
+            f"{checkpoint}: truncated or corrupt checkpoint ({_one_line(error)}); "
+            f"{remedy(checkpoint)}"
+        ) from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(
+            f"{checkpoint}: not a genrecon checkpoint (no model weights); {remedy(checkpoint)}"
+        )
+    return state
 
 
 def default_device() -> torch.device:
@@ -410,10 +427,8 @@ def _resume_state(last: Path, fp: str, inputs: dict) -> tuple[dict, dict] | None
     try:
         state = _load_state(last)
         meta = read_meta(last, state)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as error:  # CheckpointError too
-        raise CheckpointError(
-            f"{last} cannot be resumed: {error}. Delete {last} to start over."
-        ) from error
+    except (FileNotFoundError, CheckpointError) as error:  # each names the file and the remedy
+        raise CheckpointError(f"cannot resume: {error}") from error
     if meta.get("fingerprint") != fp:
         changed = _changes(meta.get("fingerprint_inputs", {}), inputs) or ["unrecorded"]
         _say(
@@ -449,8 +464,8 @@ def fit(
     cfg = settings(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".*.tmp"):  # left by a SIGKILL during a write
-        stale.unlink(missing_ok=True)
+    remove_stale_temporaries(out_dir)  # left by a SIGKILL during a write
+    step_sleep = float(os.environ.get(STEP_SLEEP_ENV) or 0)
     try:
         json.dumps(spec)
     except TypeError as error:
@@ -482,17 +497,6 @@ def fit(
     )
     generator = torch.Generator().manual_seed(seed)
     step, best, history = 0, math.inf, []
-    last = out_dir / "last.pt"
-    resumed = _resume_state(last, fp, inputs)
-    if resumed is not None:
-        state, meta = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        step, history = meta["step"], meta["history"]
-        best = math.inf if meta["best"] is None else meta["best"]
-        _say(f"resuming {out_dir} from step {step}")
     parameters = sum(p.numel() for p in model.parameters())
     common = {
         "format": FORMAT,
@@ -503,6 +507,32 @@ def fit(
         "fingerprint_inputs": inputs,
         "parameters": parameters,
     }
+    # the best weights so far (on the CPU), kept for last.pt: Snakemake deletes best.pt, a
+    # declared output, when the job fails, and a resume must be able to write it back
+    best_step: int | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def save_best(weights: dict[str, torch.Tensor], at: int) -> None:
+        meta = {**common, "kind": "best", "step": at, "best": best}
+        save_checkpoint(
+            out_dir / "best.pt", {"model": weights}, {**meta, "best_val_bpd": bits_per_dim(best)}
+        )
+
+    last = out_dir / "last.pt"
+    resumed = _resume_state(last, fp, inputs)
+    if resumed is not None:
+        state, meta = resumed
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        step, history = meta["step"], meta["history"]
+        best = math.inf if meta["best"] is None else meta["best"]
+        best_step = meta.get("best_step")
+        if best_step is not None and "best_model" in state:
+            best_weights = state["best_model"]
+            save_best(best_weights, best_step)  # as it was, whatever removed or tore it
+        _say(f"resuming {out_dir} from step {step}")
 
     def draw() -> np.ndarray:
         return torch.randint(len(train_data), (cfg["batch_size"],), generator=generator).numpy()
@@ -535,6 +565,8 @@ def fit(
             step += 1
             running.append(loss.item())
             bar.update(1)
+            if step_sleep:
+                time.sleep(step_sleep)
             if step % 50 == 0 and log_metric:
                 log_metric("train_bpd", bits_per_dim(float(np.mean(running[-50:]))), step)
             if step % cfg["val_every"] == 0 or step == steps:
@@ -557,31 +589,28 @@ def fit(
                     log_metric("lr", row["lr"], step)
                 weights = model.state_dict()
                 if val < best:
-                    best = val
-                    save_checkpoint(
-                        out_dir / "best.pt",
-                        {"model": weights},
-                        {
-                            **common,
-                            "kind": "best",
-                            "step": step,
-                            "best": best,
-                            "best_val_bpd": bits_per_dim(best),
-                        },
-                    )
+                    best, best_step = val, step
+                    best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+                    save_best(weights, step)
+                tensors = {
+                    "model": weights,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator_state,
+                }
+                if best_weights is not None:
+                    # the same tensors as "model" when this step is the best: torch.save
+                    # stores shared storage once, so last.pt grows only once the best is older
+                    tensors["best_model"] = weights if best_step == step else best_weights
                 save_checkpoint(
                     last,
-                    {
-                        "model": weights,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "generator": generator_state,
-                    },
+                    tensors,
                     {
                         **common,
                         "kind": "last",
                         "step": step,
                         "best": best if math.isfinite(best) else None,
+                        "best_step": best_step,
                         "history": history,
                         "train": cfg,
                     },
@@ -590,5 +619,5 @@ def fit(
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
     writer.writeheader()
     writer.writerows(history)
-    _atomic_write(out_dir / "history.csv", lambda f: f.write(buffer.getvalue().encode()))
+    atomic_write(out_dir / "history.csv", lambda f: f.write(buffer.getvalue().encode()))
     return {"best_val_bpd": bits_per_dim(best), "steps": step, "parameters": parameters}

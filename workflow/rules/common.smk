@@ -9,6 +9,7 @@ from genrecon import config as genrecon_config
 from genrecon.config import ConfigError
 from genrecon.data.registry import dataset as dataset_of
 from genrecon.methods import method_class
+from genrecon.tracking import end_reproduction, start_reproduction
 
 # Jobs read params.yaml themselves (as DVC does), so --config may only choose the scale:
 # any other override would be ignored by the jobs and the report would misstate its settings.
@@ -33,6 +34,7 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 SCALE = SETTINGS["scale"]
+TRACKING_PARAMS = {**_declared, "scale": SCALE}
 RESULTS = f"results/{SCALE}"
 # The default scale's report is results/report; another scale's sits in its own results folder,
 # so a smoke run and a paper run on one machine never overwrite each other's report.
@@ -80,6 +82,11 @@ def checkpoint(wildcards):
 
 def checkpoint_flag(wildcards, input):
     return f"--checkpoint {input.checkpoint}" if input.checkpoint else ""
+
+
+# Every tracked job records the sha256 of the files it declares, as genrecon.tracking says,
+# from Snakemake's own {input} and {output}, so the record and the DAG cannot drift apart.
+RECORD_FILES = "GENRECON_INPUTS='{input}' GENRECON_OUTPUTS='{output}' "
 
 
 def resource(kind, key):

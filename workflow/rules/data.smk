@@ -24,7 +24,8 @@ rule download:
         mem_mb=resource("download", "mem_mb"),
         runtime=resource("download", "runtime"),
     shell:
-        "genrecon --scale {params.scale} download {wildcards.dataset} --root {params.root}"
+        RECORD_FILES
+        + "genrecon --scale {params.scale} download {wildcards.dataset} --root {params.root}"
         " > {log} 2>&1"
 
 
@@ -48,5 +49,6 @@ rule prepare:
         runtime=resource("prepare", "runtime"),
         gpu=resource("prepare", "gpu"),
     shell:
-        "genrecon --scale {params.scale} prepare {wildcards.dataset} --root {params.root}"
+        RECORD_FILES
+        + "genrecon --scale {params.scale} prepare {wildcards.dataset} --root {params.root}"
         " > {log} 2>&1"

@@ -24,5 +24,6 @@ rule fit:
         runtime=resource("fit", "runtime"),
         gpu=resource("fit", "gpu"),
     shell:
-        "GENRECON_THREADS={threads} genrecon --scale {params.scale} fit {wildcards.experiment}"
+        RECORD_FILES
+        + "GENRECON_THREADS={threads} genrecon --scale {params.scale} fit {wildcards.experiment}"
         " --data {params.data} --out {params.out} > {log} 2>&1"

@@ -22,7 +22,8 @@ rule reconstruct:
         runtime=resource("reconstruct", "runtime"),
         gpu=lambda w: resource("reconstruct", "gpu") if w.experiment in TRAINABLE else 0,
     shell:
-        "GENRECON_THREADS={threads} genrecon --scale {params.scale} reconstruct"
+        RECORD_FILES
+        + "GENRECON_THREADS={threads} genrecon --scale {params.scale} reconstruct"
         " {wildcards.experiment} --data {params.data} --out {params.out} {params.checkpoint}"
         " > {log} 2>&1"
 
@@ -50,6 +51,7 @@ rule sweep:
         runtime=resource("sweep", "runtime"),
         gpu=resource("sweep", "gpu"),
     shell:
-        "GENRECON_THREADS={threads} genrecon --scale {params.scale} sweep {wildcards.sweep}"
+        RECORD_FILES
+        + "GENRECON_THREADS={threads} genrecon --scale {params.scale} sweep {wildcards.sweep}"
         " {wildcards.experiment} --data {params.data} --out {output} {params.checkpoint}"
         " > {log} 2>&1"

@@ -12,7 +12,8 @@ rule benchmarks:
         mem_mb=resource("default", "mem_mb"),
         runtime=resource("default", "runtime"),
     shell:
-        "GENRECON_THREADS={threads} genrecon bench --quick --out {output} > {log} 2>&1"
+        RECORD_FILES
+        + "GENRECON_THREADS={threads} genrecon bench --quick --out {output} > {log} 2>&1"
 
 
 rule numbers:
@@ -30,7 +31,8 @@ rule numbers:
     log:
         f"{LOGS}/numbers.log",
     shell:
-        "genrecon --scale {params.scale} report numbers --results {params.results}"
+        RECORD_FILES
+        + "genrecon --scale {params.scale} report numbers --results {params.results}"
         " --tables {input.tables} --paper {input.paper} --benchmarks results/benchmarks.json"
         " --out {output} > {log} 2>&1"
 
@@ -54,7 +56,8 @@ rule notebook:
     log:
         f"{LOGS}/notebook_{{notebook}}.log",
     shell:
-        "genrecon --scale {params.scale} report notebook --notebook {input.notebook}"
+        RECORD_FILES
+        + "genrecon --scale {params.scale} report notebook --notebook {input.notebook}"
         " --out {output.executed} --html {output.html} -p numbers={input.numbers}"
         " -p results={params.results} -p scale={params.scale} > {log} 2>&1"
 
@@ -73,5 +76,6 @@ rule index:
     log:
         f"{LOGS}/index.log",
     shell:
-        "genrecon --scale {params.scale} report index --pages {input.pages} --out {output}"
+        RECORD_FILES
+        + "genrecon --scale {params.scale} report index --pages {input.pages} --out {output}"
         " > {log} 2>&1"

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from genrecon import metrics as metric_functions
+from genrecon.atomic import is_temporary, write_text_atomic
 from genrecon.physics.base import LinearPhysics
 from genrecon.registry import Registry
 
@@ -172,8 +173,18 @@ def manifest_path(root: Path) -> Path:
 
 
 def write_manifest(root: Path, extra: dict | None = None) -> Path:
-    """sha256 of every file below `root`: runs log its hash as the data version they read."""
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.name != MANIFEST)
+    """sha256 of every file below `root`: runs log its hash as the data version they read.
+
+    The manifest is the prepare job's declared output, so it is written last (after every data
+    file) and atomically: a prepare job that fails or is killed leaves no manifest, or the old
+    one, never a torn one that Snakemake would take as a finished data set. Temporary files
+    that a killed atomic write left behind (`.<name>.<random>.tmp`) are not data: not hashed.
+    """
+    files = sorted(
+        p
+        for p in Path(root).rglob("*")
+        if p.is_file() and p.name != MANIFEST and not is_temporary(p)
+    )
     digests = {}
     for path in tqdm(files, desc=f"hash {root}"):
         h = hashlib.sha256()
@@ -182,7 +193,8 @@ def write_manifest(root: Path, extra: dict | None = None) -> Path:
                 h.update(block)
         digests[str(path.relative_to(root))] = h.hexdigest()
     out = Path(root) / MANIFEST
-    out.write_text(json.dumps({"files": digests, **(extra or {})}, indent=1, sort_keys=True) + "\n")
+    text = json.dumps({"files": digests, **(extra or {})}, indent=1, sort_keys=True) + "\n"
+    write_text_atomic(out, text)
     return out
 
 

@@ -65,6 +65,7 @@ from skimage.metrics import structural_similarity
 
 from genrecon.data.base import Dataset, Split, register_dataset, write_manifest
 from genrecon.data.download import download
+from genrecon.data.errors import REPREPARE, DataFileError, open_h5, require_keys
 from genrecon.physics.base import LinearPhysics
 from genrecon.physics.mri import MRIPhysics, file_seed, random_mask
 
@@ -493,10 +494,49 @@ class VolumeData:
     zero_filled: np.ndarray
 
 
+#: what a volume file must hold for the cache to be computed from it
+VOLUME_KEYS = ("kspace", "reconstruction_esc")
+VOLUME_ATTRS = ("acquisition",)
+
+
+def volume_action(cfg: dict, path: Path) -> str:
+    """What to do about a bad volume file, by where it came from."""
+    source = cfg.get("source")
+    if source == "local":
+        return f"replace it with an intact copy in your fastMRI folder ({SETTING}.path)"
+    if source == "urls":  # <root>/raw/<folder>/<file>.h5, extracted from verified archives
+        return (
+            f"delete {Path(path).parent.parent} (the extracted archives) and rerun the download "
+            "job (`snakemake --forcerun download`) to extract them again"
+        )
+    return REPREPARE
+
+
+def open_volume(path: Path, cfg: dict) -> h5py.File:
+    """A fastMRI volume opened for reading, with the datasets and attributes the cache reads.
+
+    A truncated file (an interrupted copy or extraction) or a file of another fastMRI track
+    fails here, naming itself and what to do, instead of as a KeyError deep in `write_cache`.
+    """
+    action = volume_action(cfg, path)
+    f = open_h5(path, action)
+    try:
+        require_keys(f, VOLUME_KEYS, "not a fastMRI single-coil volume", action)
+        for attr in VOLUME_ATTRS:
+            if attr not in f.attrs:
+                raise DataFileError(
+                    path, f"no attribute {attr!r} (not a fastMRI single-coil volume)", action
+                )
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def process_volume(path: Path, cfg: dict) -> VolumeData:
     """Read one fastMRI file, draw its mask, compute its zero-filled input; targets cropped."""
     crop = int(cfg["crop"])
-    with h5py.File(path, "r") as f:
+    with open_volume(path, cfg) as f:
         kspace = f["kspace"][()]
         target = f["reconstruction_esc"][()]
         acquisition = str(f.attrs["acquisition"])
@@ -525,7 +565,7 @@ def write_cache(root: Path, volumes: dict[str, list[Path]], cfg: dict) -> None:
             files = volumes[split]
             slices = []
             for path in files:
-                with h5py.File(path, "r") as g:
+                with open_volume(path, cfg) as g:
                     slices.append(int(g["kspace"].shape[0]))
             total, group = sum(slices), f.create_group(split)
             images = {
@@ -662,7 +702,7 @@ class MaskedKSpace:
         if v not in self._open:
             if len(self._open) >= self.max_open:
                 self._open.popitem(last=False)[1].close()
-            self._open[v] = h5py.File(self.root / self.volumes.files[v], "r")
+            self._open[v] = open_h5(self.root / self.volumes.files[v], REPREPARE)
         self._open.move_to_end(v)
         return self._open[v]
 
@@ -764,7 +804,8 @@ def whole_volumes(volume: np.ndarray, limit: int | None) -> int:
 
 def cached(root: Path, split: str, key: str, limit: int | None = None) -> np.ndarray:
     """One array of the cache (e.g. the raw `zero_filled`), first `limit` slices."""
-    with h5py.File(Path(root) / CACHE, "r") as f:
+    with open_h5(Path(root) / CACHE, REPREPARE) as f:
+        require_keys(f, (f"{split}/{key}",), "the prepare job did not finish", REPREPARE)
         return f[f"{split}/{key}"][:limit]
 
 
@@ -1003,9 +1044,11 @@ class FastMRIKnee(Dataset):
             return super().download(root)
         root = Path(root)
         receipt = []
-        for entry in url_entries(self.cfg.get("urls")):
+        for index, entry in enumerate(url_entries(self.cfg.get("urls"))):
             algorithm, digest = entry_digest(entry)
-            path = download(entry["url"], root / "archives" / entry_name(entry), digest, algorithm)
+            dest = root / "archives" / entry_name(entry)
+            setting = f"{SETTING}.urls[{index}]"
+            path = download(entry["url"], dest, digest, algorithm, setting=setting)
             extract(path, root / "raw")
             receipt.append({"name": path.name, algorithm: digest})
         return {"files": receipt}
@@ -1051,7 +1094,12 @@ class FastMRIKnee(Dataset):
         if not path.exists():
             raise FileNotFoundError(f"{path}: knee data not prepared (run the data step)")
         clamp = float(self.cfg["clamp"])
-        f = h5py.File(path, "r")
+        f = open_h5(path, REPREPARE)
+        try:
+            require_keys(f, (split,), "the prepare job did not finish", REPREPARE)
+        except DataFileError:
+            f.close()
+            raise
         group = f[split]
         n = whole_volumes(group["volume"][()], limit)
         table = {k: group[k][:n] for k in ("mean", "std", "volume", "slice")}
@@ -1080,7 +1128,8 @@ class FastMRIKnee(Dataset):
 
     def physics(self, root: Path) -> KneeMRI:
         operators = {}
-        with h5py.File(Path(root) / CACHE, "r") as f:
+        with open_h5(Path(root) / CACHE, REPREPARE) as f:
+            require_keys(f, SPLITS, "the prepare job did not finish", REPREPARE)
             for split in SPLITS:
                 volumes = read_volumes(f[split])
                 for name, mask, shape in zip(
@@ -1130,17 +1179,34 @@ class FastMRIKnee(Dataset):
 
 
 def extract(archive: Path, dest: Path) -> None:
-    """Unpack a fastMRI tar archive once (a marker records it); refuse anything else."""
+    """Unpack a fastMRI tar archive once (a marker records it); refuse anything else.
+
+    tarfile's "data" filter refuses entries that would land outside `dest` (absolute or '..'
+    paths, links pointing out, devices); the refusal names the archive and the entry. A
+    truncated archive names itself. Either way no marker is written, so a rerun tries again.
+    """
     marker = Path(dest) / f".{archive.name}.extracted"
     if marker.exists():
         return
+    refetch = "delete it and rerun `snakemake` to fetch it again"
     if not tarfile.is_tarfile(archive):
-        raise ValueError(
-            f"{archive}: not a tar archive; {SETTING}.urls should list fastMRI's "
-            "knee_singlecoil_*.tar.* files"
+        raise DataFileError(
+            archive,
+            "not a tar archive",
+            f"{SETTING}.urls should list fastMRI's knee_singlecoil_*.tar.* files",
         )
     Path(dest).mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:  # one pass: an .xz archive of ~88 GB is slow to reread
-        tar.extractall(dest, filter="data")
-        members = len(tar.getmembers())  # already read by extractall
+    try:
+        with tarfile.open(archive) as tar:  # one pass: an .xz archive of ~88 GB is slow to reread
+            tar.extractall(dest, filter="data")
+            members = len(tar.getmembers())  # already read by extractall
+    except tarfile.FilterError as error:
+        name = error.tarinfo.name if error.tarinfo is not None else "?"
+        raise DataFileError(
+            archive,
+            f"entry {name!r} refused, as it could write outside {dest} ({error})",
+            f"{refetch} (if it recurs, the file on the server is not fastMRI's)",
+        ) from None
+    except (tarfile.ReadError, EOFError) as error:
+        raise DataFileError(archive, f"truncated or corrupt archive ({error})", refetch) from None
     marker.write_text(json.dumps({"members": members}) + "\n")

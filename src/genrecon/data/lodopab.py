@@ -9,22 +9,36 @@ float32, `slices_per_file` slices per file (the last file shorter). Splits are `
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import h5py
 import numpy as np
-import requests
 from tqdm import tqdm
 
 from genrecon.data.base import Dataset, Split, register_dataset, write_manifest
-from genrecon.data.download import download
+from genrecon.data.download import (
+    CHUNK,
+    PINS,
+    check_zenodo_pin,
+    download,
+    get_json,
+    require_https,
+)
+from genrecon.data.errors import REPREPARE, DataFileError, open_h5
 from genrecon.data.phantoms import body_phantom
 from genrecon.physics.ct import CTGeometry, fbp, fbp_operator, simulate_lowdose
 
 SPLITS = ("train", "validation", "test")
 KINDS = ("ground_truth", "observation")
 ZENODO_API = "https://zenodo.org/api/records/{record}"
+#: what to do about a bad file of the real data set: it is extracted again from its archive
+REEXTRACT = (
+    "delete it and rerun the download job (`snakemake --forcerun download`), which extracts "
+    "it again from its verified archive"
+)
 
 
 def file_name(kind: str, split: str, index: int) -> str:
@@ -53,15 +67,56 @@ def split_files(root: Path, kind: str, split: str) -> list[Path]:
     return files
 
 
+def file_action(source: str) -> str:
+    """What to do about a bad LoDoPaB file: extract it again (Zenodo) or regenerate it."""
+    return REEXTRACT if source == "zenodo" else REPREPARE
+
+
+def open_file(path: Path, shape: tuple[int, ...] | None = None, action: str = REPREPARE):
+    """A LoDoPaB file opened for reading with its layout checked: a 3-D float `data` whose
+    slices have `shape`. A truncated or foreign file fails here, naming itself, rather than
+    deep inside training."""
+    f = open_h5(path, action)
+    try:
+        if "data" not in f or not isinstance(f["data"], h5py.Dataset):
+            raise DataFileError(path, "no dataset 'data' (not a LoDoPaB file)", action)
+        data = f["data"]
+        if data.ndim != 3 or (shape is not None and tuple(data.shape[1:]) != tuple(shape)):
+            expected = "(slices, " + ", ".join(map(str, shape or ("height", "width"))) + ")"
+            raise DataFileError(
+                path, f"dataset 'data' has shape {data.shape}, expected {expected}", action
+            )
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 class LazySplit:
     """One split of one kind as a read-on-demand stack over its HDF5 files.
 
     Paper-scale training cannot hold LoDoPaB in memory (train ground truth alone is 18.8 GB):
-    `stack[indices]` reads just those slices. Supports integer arrays and slices.
+    `stack[indices]` reads just those slices. Supports integer arrays and slices. Every file is
+    checked on opening: `data` present, one slice shape (`shape`, else the first file's).
     """
 
-    def __init__(self, root: Path, kind: str, split: str):
-        self.files = [h5py.File(path, "r") for path in split_files(root, kind, split)]
+    def __init__(
+        self,
+        root: Path,
+        kind: str,
+        split: str,
+        shape: tuple[int, ...] | None = None,
+        action: str = REPREPARE,
+    ):
+        self.files = []
+        try:
+            for path in split_files(root, kind, split):
+                self.files.append(open_file(path, shape, action))
+                shape = shape or tuple(self.files[0]["data"].shape[1:])
+        except DataFileError:
+            for f in self.files:
+                f.close()
+            raise
         sizes = [f["data"].shape[0] for f in self.files]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.shape = (int(self.offsets[-1]), *self.files[0]["data"].shape[1:])
@@ -83,15 +138,28 @@ class LazySplit:
         return out[inverse]
 
 
-def read_split(root: Path, kind: str, split: str, limit: int | None = None) -> np.ndarray:
-    """Read one split of one kind as a float32 array (n, ...); `limit` reads only the first n."""
+def read_split(
+    root: Path,
+    kind: str,
+    split: str,
+    limit: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    action: str = REPREPARE,
+) -> np.ndarray:
+    """Read one split of one kind as a float32 array (n, ...); `limit` reads only the first n.
+
+    Each file's layout is checked (`open_file`); without `shape`, every file must have the
+    first file's slice shape. A read that fails midway names the file.
+    """
     parts, count = [], 0
     for path in split_files(root, kind, split):
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise KeyError(f"{path}: no dataset 'data' (not a LoDoPaB file?)")
+        with open_file(path, shape, action) as f:
+            shape = shape or tuple(f["data"].shape[1:])
             take = f["data"].shape[0] if limit is None else min(limit - count, f["data"].shape[0])
-            parts.append(f["data"][:take])
+            try:
+                parts.append(f["data"][:take])
+            except OSError as error:
+                raise DataFileError(path, f"unreadable data ({error})", action) from None
             count += take
         if limit is not None and count >= limit:
             break
@@ -127,46 +195,125 @@ def compute_fbp(root: Path, out: Path, cfg: dict) -> None:
     settings = cfg["conditioning_fbp"]
     op = fbp_operator(geometry, settings["filter"], settings["frequency_scaling"])
     size = cfg["image_size"]
+    shape, action = slice_shape(cfg, "observation"), file_action(cfg["source"])
     with h5py.File(out, "w") as f:
         for split in SPLITS:
             files = split_files(root, "observation", split)
             total = 0
             for path in files:
-                with h5py.File(path, "r") as g:
+                with open_file(path, shape, action) as g:
                     total += g["data"].shape[0]
             # written file by file: LoDoPaB's train split alone is 18.8 GB of FBPs
             out_split = f.create_dataset(split, (total, size, size), np.float32, track_times=False)
             start = 0
             for path in tqdm(files, desc=f"FBP {split}"):
-                with h5py.File(path, "r") as g:
+                with open_file(path, shape, action) as g:
                     reco = fbp(g["data"][:], op)
                 out_split[start : start + len(reco)] = reco
                 start += len(reco)
 
 
-def download_zenodo(root: Path, record: int, api: str = ZENODO_API) -> None:
+def slice_shape(cfg: dict, kind: str) -> tuple[int, int]:
+    """One slice of `kind`: the image (size x size) or the sinogram (angles x detector)."""
+    geometry = CTGeometry(cfg["image_size"], cfg["num_angles"])
+    if kind == "ground_truth":
+        return (cfg["image_size"], cfg["image_size"])
+    return (cfg["num_angles"], geometry.detector_pixels)
+
+
+def zip_members(z: zipfile.ZipFile, archive: Path, root: Path) -> list[zipfile.ZipInfo]:
+    """The archive's entries, each checked to land inside `root`, before anything is written.
+
+    zipfile would quietly rewrite '../x' or '/x' to a path inside the folder, hiding that the
+    archive is not the published one; symlinks would let a later entry write through them.
+    So any absolute path, '..' part, symlink or target resolving outside `root` is refused.
+    """
+    base = root.resolve()
+    for info in z.infolist():
+        name = info.filename
+        posix = PurePosixPath(name.replace("\\", "/"))
+        problem = None
+        if stat.S_ISLNK(info.external_attr >> 16):
+            problem = "is a symbolic link"
+        elif posix.is_absolute() or PureWindowsPath(name).drive:
+            problem = "has an absolute path"
+        elif ".." in posix.parts:
+            problem = "climbs out with '..'"
+        elif not (base / posix).resolve().is_relative_to(base):
+            problem = "resolves outside the folder"
+        if problem:
+            raise DataFileError(
+                archive,
+                f"entry {name!r} {problem}: refused, as it could write outside {root}; "
+                "nothing was extracted",
+                "delete the archive and rerun `snakemake` to fetch it again (if it recurs, the "
+                "file on the server is not the published one)",
+            )
+    return z.infolist()
+
+
+def extract_zip(archive: Path, root: Path) -> None:
+    """Unzip `archive` into `root`: every entry checked first, each file written whole.
+
+    Files already present with the right size are kept (a rerun resumes an interrupted
+    extraction); each file goes to a temporary name first, so a killed job never leaves a
+    truncated file under the real name. A corrupt archive (bad CRC) names itself.
+    """
+    action = "delete it and rerun `snakemake` to fetch it again"
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = zip_members(z, archive, root)
+            todo = [
+                m
+                for m in members
+                if not m.is_dir()
+                and not (
+                    (root / m.filename).is_file()
+                    and (root / m.filename).stat().st_size == m.file_size
+                )
+            ]
+            for info in tqdm(todo, desc=f"unzip {archive.name}"):
+                target = root / info.filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(target.name + ".part")
+                with z.open(info) as source, open(partial, "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK)
+                partial.replace(target)
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise DataFileError(archive, f"corrupt zip archive ({error})", action) from None
+
+
+def download_zenodo(root: Path, record: int, api: str = ZENODO_API, pins: Path = PINS) -> None:
     """Download every file of a Zenodo record with its published md5, resumably, then unzip.
 
     The record's metadata (file names, sizes, md5 checksums) is saved beside the data so the
-    exact version downloaded is on record.
+    exact version downloaded is on record, and compared with the pin committed in the
+    repository (`pins`) before any download (see `check_zenodo_pin`). Every address must be
+    https.
     """
     root.mkdir(parents=True, exist_ok=True)
     meta_path = root / "zenodo_record.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+    else:
+        meta = get_json(api.format(record=record), "genrecon.data.lodopab.ZENODO_API")
+    check_zenodo_pin(meta, record, root, pins)
     if not meta_path.exists():
-        response = requests.get(api.format(record=record), timeout=60)
-        response.raise_for_status()
-        meta_path.write_text(json.dumps(response.json(), indent=1))
-    meta = json.loads(meta_path.read_text())
+        meta_path.write_text(json.dumps(meta, indent=1))
+    links = {
+        entry["key"]: entry["links"].get("self") or entry["links"]["download"]
+        for entry in meta["files"]
+    }
+    for key, url in links.items():  # every link checked before the first download
+        require_https(url, f"Zenodo record {record}: the link of {key}")
     archives = root / "archives"
     for entry in meta["files"]:
         algorithm, digest = entry["checksum"].split(":", 1)
-        url = entry["links"].get("self") or entry["links"]["download"]
-        path = download(url, archives / entry["key"], digest, algorithm)
+        url = links[entry["key"]]
+        setting = f"Zenodo record {record}: the link of {entry['key']}"
+        path = download(url, archives / entry["key"], digest, algorithm, setting=setting)
         if path.suffix == ".zip":
-            with zipfile.ZipFile(path) as z:
-                missing = [n for n in z.namelist() if not (root / n).exists()]
-                for name in tqdm(missing, desc=f"unzip {path.name}"):
-                    z.extract(name, root)
+            extract_zip(path, root)
         elif not (root / path.name).exists():
             (root / path.name).symlink_to(path.resolve())
 
@@ -195,6 +342,10 @@ class LoDoPaB(Dataset):
             generate_synthetic(root, self.cfg, self.seed)
         elif self.cfg["source"] == "zenodo":
             split_files(root, "ground_truth", "train")  # clear error if not downloaded
+            for kind in KINDS:  # every file's layout, before hours of FBP (observations next)
+                for split in SPLITS:
+                    for path in split_files(root, kind, split):
+                        open_file(path, slice_shape(self.cfg, kind), REEXTRACT).close()
         else:
             raise ValueError(
                 f"datasets.lodopab.source = {self.cfg['source']!r}: 'synthetic' or 'zenodo'"
@@ -204,17 +355,24 @@ class LoDoPaB(Dataset):
 
     def split(self, root: Path, split: str, limit: int | None = None, lazy: bool = False) -> Split:
         root = Path(root)
+        action = file_action(self.cfg["source"])
+        shapes = {kind: slice_shape(self.cfg, kind) for kind in KINDS}
+        fbp_file = open_h5(root / "fbp.hdf5", REPREPARE)
+        if split not in fbp_file:
+            fbp_file.close()
+            raise DataFileError(root / "fbp.hdf5", f"no {split!r} (cut short?)", REPREPARE)
         if lazy:
-            fbp_stack = h5py.File(root / "fbp.hdf5", "r")[split]
             return Split(
-                LazySplit(root, "ground_truth", split),
-                LazySplit(root, "observation", split),
-                {"fbp": fbp_stack},
+                LazySplit(root, "ground_truth", split, shapes["ground_truth"], action),
+                LazySplit(root, "observation", split, shapes["observation"], action),
+                {"fbp": fbp_file[split]},
             )
-        truth = read_split(root, "ground_truth", split, limit)
-        observation = read_split(root, "observation", split, limit)
-        with h5py.File(root / "fbp.hdf5", "r") as f:
-            fbp_images = f[split][: len(truth)].astype(np.float32)
+        with fbp_file:
+            truth = read_split(root, "ground_truth", split, limit, shapes["ground_truth"], action)
+            observation = read_split(
+                root, "observation", split, limit, shapes["observation"], action
+            )
+            fbp_images = fbp_file[split][: len(truth)].astype(np.float32)
         return Split(truth, observation, {"fbp": fbp_images})
 
     def physics(self, root: Path | None = None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ import numpy as np
 
 from genrecon.data.base import Dataset, Split, register_dataset, write_manifest
 from genrecon.data.download import download
+from genrecon.data.errors import REFETCH, REPREPARE, DataFileError, open_h5, require_keys
 from genrecon.physics.cs import GaussianCS
 
 MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -27,19 +29,40 @@ MD5 = {
 _DTYPE_CODE = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read a (gzipped) IDX file into an array of its declared type and shape."""
+#: what to do about a bad vendored file (smoke scale reads the t10k set from the repository)
+RESTORE_VENDORED = "restore it from the repository (`git checkout -- vendor/mnist`)"
+
+
+def read_idx(path: Path, action: str = REFETCH) -> np.ndarray:
+    """Read a (gzipped) IDX file into an array of its declared type and shape.
+
+    A truncated or corrupt file is a DataFileError naming it and `action` (what to do: fetch
+    it again, restore it, prepare again), checked before any byte is interpreted as an image.
+    """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError, zlib.error) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise DataFileError(path, f"truncated or corrupt gzip data ({error})", action) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPE_CODE:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
+        raise DataFileError(path, f"not an IDX file (bad magic number {raw[:4].hex()})", action)
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataFileError(path, "IDX header cut short (truncated file)", action)
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=_DTYPE_CODE[raw[2]], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: IDX header says {shape}, file holds {data.size} values")
-    return data.reshape(shape)
+    dtype = np.dtype(_DTYPE_CODE[raw[2]])
+    payload = len(raw) - 4 - 4 * ndim
+    if payload != int(np.prod(shape)) * dtype.itemsize:
+        raise DataFileError(
+            path,
+            f"IDX header says shape {shape} ({int(np.prod(shape)) * dtype.itemsize} bytes), "
+            f"the file holds {payload} bytes (truncated?)",
+            action,
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -52,7 +75,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def download_mnist(dest: Path, mirror: str = MIRROR) -> None:
     for name, md5 in MD5.items():
-        download(mirror + name, dest / name, md5)
+        download(mirror + name, dest / name, md5, setting="genrecon.data.mnist.MIRROR")
 
 
 def split_sets(
@@ -75,8 +98,8 @@ def prepare(source_dir: Path, dest: Path, source: str, sizes: dict, seed: int) -
     """Write `{split}-images-idx3-ubyte.gz` and `{split}-labels-idx1-ubyte.gz` per split."""
     dest.mkdir(parents=True, exist_ok=True)
     if source == "embedded":
-        pool = read_idx(source_dir / "t10k-images-idx3-ubyte.gz")
-        pool_labels = read_idx(source_dir / "t10k-labels-idx1-ubyte.gz")
+        pool = read_idx(source_dir / "t10k-images-idx3-ubyte.gz", RESTORE_VENDORED)
+        pool_labels = read_idx(source_dir / "t10k-labels-idx1-ubyte.gz", RESTORE_VENDORED)
         sets = split_sets(pool, pool_labels, sizes, seed)
     elif source == "download":
         download_mnist(source_dir)
@@ -103,7 +126,8 @@ def prepare(source_dir: Path, dest: Path, source: str, sizes: dict, seed: int) -
 
 def load_images(root: Path, split: str) -> np.ndarray:
     """Images of one split scaled to [0, 1], float32 (n, 28, 28)."""
-    return read_idx(Path(root) / f"{split}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    images = read_idx(Path(root) / f"{split}-images-idx3-ubyte.gz", REPREPARE)
+    return images.astype(np.float32) / 255.0
 
 
 VENDORED = Path("vendor/mnist")
@@ -156,10 +180,9 @@ class MNIST(Dataset):
     def split(self, root: Path, split: str, limit: int | None = None, lazy: bool = False) -> Split:
         root = Path(root)
         truth = load_images(root, split)[:limit]
-        with h5py.File(root / "cs.hdf5", "r") as f:
-            missing = [k for k in ("y", *self.conditionings) if f"{split}/{k}" not in f]
-            if missing:
-                raise KeyError(f"{root / 'cs.hdf5'}: no {split}/{missing[0]} (prepare it again)")
+        with open_h5(root / "cs.hdf5", REPREPARE) as f:
+            keys = tuple(f"{split}/{k}" for k in ("y", *self.conditionings))
+            require_keys(f, keys, "the prepare job did not finish", REPREPARE)
             y = f[f"{split}/y"][: len(truth)].astype(np.float32)
             cond = {
                 k: f[f"{split}/{k}"][: len(truth)].astype(np.float32) for k in self.conditionings
@@ -169,7 +192,8 @@ class MNIST(Dataset):
     def physics(self, root: Path):
         from genrecon.physics.cs import GaussianCSPhysics
 
-        with h5py.File(Path(root) / "cs.hdf5", "r") as f:
+        with open_h5(Path(root) / "cs.hdf5", REPREPARE) as f:
+            require_keys(f, ("A",), "the prepare job did not finish", REPREPARE)
             matrix = f["A"][:]
         return GaussianCSPhysics(matrix, 28, noise_rel=self.cfg["cs"]["noise_rel"])
 

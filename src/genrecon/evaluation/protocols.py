@@ -20,6 +20,7 @@ Nothing here plots or formats; the report only reads these files.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from genrecon.atomic import atomic_write, write_text_atomic
 from genrecon.data.base import Dataset, GroupScorer, Split
 from genrecon.methods.base import Method, PosteriorSampler
 from genrecon.metrics import RANGE_MARGIN
@@ -53,17 +55,25 @@ def summarise(rows: list[dict], keys=("psnr", "ssim")) -> dict[str, float]:
     return out
 
 
+# Every output is written atomically (genrecon.atomic): a job that fails or is killed leaves the
+# old file or none, never a torn one that a rerun of the pipeline would take as finished.
+
+
 def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def write_json(path: Path, payload: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """`np.savez_compressed`, atomically (to a file object, so no `.npz` is appended)."""
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 # --- exploding inverses (seed 000 Sec. 5.1) ---------------------------------------------------
@@ -292,7 +302,7 @@ def posterior(
             for key, value in zip(saved, values, strict=True):
                 saved[key].append(value)
     write_rows(out_dir / "per_image.csv", rows)
-    np.savez_compressed(out_dir / "examples.npz", **{k: np.stack(v) for k, v in saved.items()})
+    write_npz(out_dir / "examples.npz", **{k: np.stack(v) for k, v in saved.items()})
     frame = pd.DataFrame(rows)
     return {
         **_grouped(scorer, out_dir, estimators),
@@ -348,7 +358,7 @@ def point(
                 scorer.add("point", int(i), estimate)
     write_rows(out_dir / "per_image.csv", rows)
     shown = min(EXAMPLES, len(split))
-    np.savez_compressed(
+    write_npz(
         out_dir / "examples.npz",
         truth=np.asarray(split.x[:shown]),
         point=np.concatenate(points)[:shown],

@@ -19,7 +19,7 @@ from genrecon.report.numbers import (
 )
 from genrecon.report.pagecheck import BrowserMissing, check_report_pages, find_chromium
 from genrecon.report.pages import Page, render_notebook, run_notebook, write_index
-from genrecon.report.provenance import print_provenance, runs_frame
+from genrecon.report.provenance import print_provenance, reproduction_tree, runs_frame
 from genrecon.report.settings import resolve_settings, sheet_by_scale
 from genrecon.report.spec import (
     SpecError,
@@ -50,6 +50,7 @@ __all__ = [
     "required_inputs",
     "resolve_settings",
     "run_notebook",
+    "reproduction_tree",
     "runs_frame",
     "sheet_by_scale",
     "table_frame",

@@ -9,6 +9,7 @@ in by hand or went stale after its source changed.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from genrecon.atomic import write_text_atomic
 from genrecon.report import spec as specs
 from genrecon.report.settings import fill, sheet_by_scale
 
@@ -433,12 +435,12 @@ def _close(a: Any, b: Any) -> bool:
 
 
 def write_numbers(rows: list[dict[str, str]], out: Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """numbers.csv, atomically: a failed job must not leave a torn table the pages would read."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out, buffer.getvalue())
 
 
 def _follow(tree: Any, pointer: str, where: str) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genrecon.atomic import atomic_path, write_text_atomic
 from genrecon.report import plots
 from genrecon.report import spec as specs
 from genrecon.report.settings import facts, fill, resolve_settings, scale_note
@@ -224,22 +225,25 @@ def render_notebook(notebook: Path, out: Path, html_out: Path, parameters: dict)
     import papermill
     from nbconvert import HTMLExporter
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(
-        str(notebook),
-        str(out),
-        parameters=parameters,
-        kernel_name="python3",
-        progress_bar=False,
-        cwd=str(Path.cwd()),
-    )
+    # papermill writes the executed notebook cell by cell: to a temporary file, renamed into
+    # place only once every cell ran, so a failed page leaves no notebook a rerun would trust
+    with atomic_path(out, suffix=".ipynb") as executing:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executing),
+            parameters=parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(Path.cwd()),
+        )
+        node = nbformat.read(executing, as_version=4)
+        node.metadata.setdefault("papermill", {})["output_path"] = str(out)  # not the temp name
+        nbformat.write(node, str(executing))
     exporter = HTMLExporter(
         exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
     )
-    node = nbformat.read(out, as_version=4)
     body, _ = exporter.from_notebook_node(node, resources={"metadata": {"name": notebook.stem}})
-    html_out.parent.mkdir(parents=True, exist_ok=True)
-    html_out.write_text(body)
+    write_text_atomic(html_out, body)
 
 
 def run_notebook(params: dict, notebook: Path, out: Path, html_out: Path, parameters: dict) -> None:
@@ -302,9 +306,10 @@ def write_index(
 <p>{esc(ESTIMATOR_NOTE)}</p>
 <p>Every number on these pages is a row of <a href="numbers.csv">numbers.csv</a>
 (table, row, ours or paper, value, std, n, the file and pointer it was read from, the citation of a
-paper number, the MLflow run). Trace one with <code>genrecon provenance RUN_ID</code>; the MLflow
-store is at <code>{esc(tracking_uri(params))}</code>.</p>
+paper number, the MLflow run). <code>genrecon audit</code> recomputes the hashes of every file
+behind them, down to the data; <code>genrecon provenance --number TABLE/ROW/METRIC</code> prints
+one number's chain (file, run, rule, parameters, inputs, data version, commit). The MLflow store
+is at <code>{esc(tracking_uri(params))}</code>.</p>
 <h2>Papers</h2><ul>{"".join(papers)}</ul></body></html>
 """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(body)
+    write_text_atomic(out, body)

@@ -79,6 +79,7 @@ def runs_frame(numbers: Any, params: dict) -> Any:
         rows.append(
             {
                 "run_id": rid,
+                "parent": tags.get("mlflow.parentRunId", "")[:12] or "–",
                 "rule": tags.get("rule", ""),
                 "wildcards": tags.get("wildcards", ""),
                 "git_commit": tags.get("git_commit", "")[:10],
@@ -90,3 +91,61 @@ def runs_frame(numbers: Any, params: dict) -> Any:
             }
         )
     return pd.DataFrame(rows).fillna("–").set_index("run_id")
+
+
+def reproduction_tree(numbers: Any, params: dict) -> Any:
+    """The MLflow tree behind numbers.csv: one line per pipeline invocation (parent run) whose
+    jobs produced a number, with its command line, profile, host and its child runs by rule.
+
+    Runs started outside Snakemake (no parent) are grouped under "(no parent run)".
+    """
+    import logging
+    from collections import Counter
+
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from genrecon.tracking import tracking_uri
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    client = MlflowClient(tracking_uri(params))
+    children: dict[str, Counter] = {}
+    for rid in dict.fromkeys(numbers["run_id"]):
+        try:
+            tags = client.get_run(rid).data.tags
+        except MlflowException:
+            continue
+        parent = tags.get("mlflow.parentRunId", "")
+        children.setdefault(parent, Counter())[tags.get("rule", "?")] += 1
+    rows = []
+    for parent, rules in children.items():
+        jobs = ", ".join(f"{rule} ×{count}" for rule, count in sorted(rules.items()))
+        if not parent:
+            rows.append({"parent run": "(no parent run)", "child runs behind numbers": jobs})
+            continue
+        try:
+            run = client.get_run(parent)
+        except MlflowException:
+            rows.append(
+                {
+                    "parent run": parent[:12],
+                    "status": "not in store",
+                    "child runs behind numbers": jobs,
+                }
+            )
+            continue
+        tags = run.data.tags
+        rows.append(
+            {
+                "parent run": parent[:12],
+                "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+                "status": run.info.status,
+                "command": tags.get("command", ""),
+                "profile": tags.get("profile", ""),
+                "host": tags.get("host", ""),
+                "git_commit": tags.get("git_commit", "")[:10],
+                "child runs behind numbers": jobs,
+            }
+        )
+    return pd.DataFrame(rows).fillna("–").set_index("parent run")
