@@ -12,6 +12,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLBACKEND", "Agg")
+EVIDENCE = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def evidence(request) -> list[str]:
+    """Lines a test adds once it has passed its checks, printed at the end of the session: the CI
+    log then shows what the integration tests did (jobs submitted, resources seen), not a dot."""
+    return request.config.stash.setdefault(EVIDENCE, [])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    lines = config.stash.get(EVIDENCE, [])
+    if lines:
+        terminalreporter.section("integration evidence (tests that passed)")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def tiny_lodopab() -> dict:

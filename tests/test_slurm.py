@@ -177,7 +177,7 @@ def requested(record: dict[str, str]) -> dict[str, int]:
     }
 
 
-def test_slice_of_the_dag_through_the_slurm_profile(slurm, tmp_path):
+def test_slice_of_the_dag_through_the_slurm_profile(slurm, tmp_path, evidence):
     """prepare -> fit (1 GPU requested) -> reconstruct -> numbers -> one page, all via sbatch."""
     from mlflow.tracking import MlflowClient
 
@@ -262,3 +262,10 @@ def test_slice_of_the_dag_through_the_slurm_profile(slurm, tmp_path):
     parents = client.search_runs([experiment.experiment_id], "tags.kind = 'reproduction'")
     assert len(parents) == 1 and parents[0].data.tags["profile"] == "profiles/slurm"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+    evidence.append(
+        f"SLURM: {len(jobs)} jobs submitted through sbatch with profiles/slurm, all "
+        "COMPLETED, resources as declared; MLflow runs children of one parent run:"
+    )
+    for job in jobs:
+        rule, wildcards = rule_and_wildcards(job)
+        evidence.append(f"  job {job['JobId']:>5} {rule:14s} {wildcards:14s} {requested(job)}")
