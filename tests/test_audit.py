@@ -15,8 +15,9 @@ import pytest
 
 from genrecon.audit import RunStore, find_numbers, run_audit
 from genrecon.data.base import write_manifest
+from genrecon.data.download import file_digest
 from genrecon.report.numbers import COLUMNS, write_numbers
-from genrecon.tracking import INPUTS_ENV, OUTPUTS_ENV, PARENT_ENV, sha256_file, tracked_run
+from genrecon.tracking import INPUTS_ENV, OUTPUTS_ENV, PARENT_ENV, tracked_run
 
 MANIFEST = "data/ds/smoke/MANIFEST.json"
 SUMMARY = "results/smoke/eval/e/summary.json"
@@ -101,8 +102,8 @@ def test_jobs_record_the_sha256_of_their_declared_files(project):
     store = RunStore.load(params)
     record = store.record(runs["reconstruct"])
     assert record == {
-        "inputs": {MANIFEST: sha256_file(Path(MANIFEST))},
-        "outputs": {SUMMARY: sha256_file(Path(SUMMARY))},
+        "inputs": {MANIFEST: file_digest(Path(MANIFEST), "sha256")},
+        "outputs": {SUMMARY: file_digest(Path(SUMMARY), "sha256")},
     }
     assert store.producer == {
         MANIFEST: runs["prepare"],

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genrecon.tracking import FILES_ARTIFACT, manifest_hash, sha256_file, tracking_uri
+from genrecon.data.download import file_digest
+from genrecon.tracking import FILES_ARTIFACT, manifest_hash, tracking_uri
 
 MANIFEST = "MANIFEST.json"
 
@@ -134,9 +135,14 @@ class Audit:
     notes: list[str] = field(default_factory=list)
 
 
+def sha256_now(path: str | Path) -> str | None:
+    """The file's sha256 as it is now; None when it is gone."""
+    return file_digest(Path(path), "sha256") if Path(path).is_file() else None
+
+
 def _hash_now(path: str, cache: dict[str, str | None]) -> str | None:
     if path not in cache:
-        cache[path] = sha256_file(Path(path)) if Path(path).is_file() else None
+        cache[path] = sha256_now(path)
     return cache[path]
 
 
@@ -151,7 +157,7 @@ def _check_manifest(manifest: Path, owner: str, audit: Audit, check_data: bool) 
         path = manifest.parent / name
         if not path.is_file():
             audit.problems.append(f"{path}: data file missing (listed in {manifest}, {owner})")
-        elif sha256_file(path) != digest:
+        elif sha256_now(path) != digest:
             audit.problems.append(
                 f"{path}: data file changed since {manifest} was written ({owner}); "
                 "restore it (`dvc pull` / `dvc checkout`) or rerun its prepare job"
@@ -314,7 +320,7 @@ def _print_run(store: RunStore, run_id: str, depth: int, seen: set[str]) -> None
         print(f"{pad}param    {key} = {params[key][:110]}")
     record = store.record(run_id)
     for path, recorded in record.get("inputs", {}).items():
-        now = sha256_file(Path(path)) if Path(path).is_file() else None
+        now = sha256_now(path)
         state = "matches" if now == recorded and now else "CHANGED" if now else "MISSING"
         producer = store.producer.get(path)
         source = f" <- {store.describe(producer)}" if producer else " (source file, no producer)"
@@ -353,7 +359,7 @@ def print_number_chain(params: dict, numbers: Path, which: str) -> int:
         )
         path = row["source"].partition("#")[0]
         if path:
-            now = sha256_file(Path(path)) if Path(path).is_file() else None
+            now = sha256_now(path)
             recorded = store.record(row["run_id"]).get("outputs", {}).get(path)
             state = "matches its run's record" if now and now == recorded else "DOES NOT match"
             print(f"file     {row['source']}  sha256 {str(now)[:16]}… {state}")

@@ -67,14 +67,6 @@ def manifest_hash(manifest: Path) -> str:
     return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def declared_files(variable: str) -> list[str]:
     """The paths a rule declared (space-separated in `variable`; workflow paths have no spaces)."""
     return os.environ.get(variable, "").split()
@@ -82,8 +74,10 @@ def declared_files(variable: str) -> list[str]:
 
 def file_record(inputs: list[str], outputs: list[str]) -> dict[str, dict[str, str | None]]:
     """{"inputs": {path: sha256}, "outputs": {...}}; None for a declared file that is absent."""
+    from genrecon.data.download import file_digest
+
     return {
-        side: {p: sha256_file(Path(p)) if Path(p).is_file() else None for p in paths}
+        side: {p: file_digest(Path(p), "sha256") if Path(p).is_file() else None for p in paths}
         for side, paths in (("inputs", inputs), ("outputs", outputs))
     }
 

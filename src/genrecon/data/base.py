@@ -14,7 +14,6 @@ module registers one `Dataset` subclass that knows
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from genrecon import metrics as metric_functions
 from genrecon.atomic import is_temporary, write_text_atomic
+from genrecon.data.download import file_digest
 from genrecon.physics.base import LinearPhysics
 from genrecon.registry import Registry
 
@@ -187,11 +187,7 @@ def write_manifest(root: Path, extra: dict | None = None) -> Path:
     )
     digests = {}
     for path in tqdm(files, desc=f"hash {root}"):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digests[str(path.relative_to(root))] = h.hexdigest()
+        digests[str(path.relative_to(root))] = file_digest(path, "sha256")
     out = Path(root) / MANIFEST
     text = json.dumps({"files": digests, **(extra or {})}, indent=1, sort_keys=True) + "\n"
     write_text_atomic(out, text)
