@@ -77,13 +77,15 @@ def test_paper_dry_run_lists_the_full_reproduction(tmp_path):
     trainable = [e for e, row in rows.items() if method_class(row["method"]).trainable]
     used = {row["dataset"] for row in rows.values()}  # a dataset no row reads is not prepared
     # fastMRI is never downloaded unasked (NYU's agreement): prepared from the user's folder
-    assert jobs["prepare"] == len(used) == 4 and jobs["download"] == 2
+    # CelebA-HQ too comes from the user's folder at paper scale
+    assert jobs["prepare"] == len(used) == 5 and jobs["download"] == 2
     # Tables 2-5 and seed 001's Table 1: every configuration is trained; seed 002: the VAE's
-    # three stages, the DnCNN of PnP-ADMM and three variational networks
-    assert jobs["fit"] == len(trainable) == 23 + 7
+    # three stages, the DnCNN of PnP-ADMM and three variational networks; seed 003: one Glow on
+    # faces, one on knees, each shared by every row of its data set
+    assert jobs["fit"] == len(trainable) == 23 + 7 + 2
     assert jobs["reconstruct"] == len(rows)
     assert jobs["sweep"] == sum(len(row["sweeps"]) for row in rows.values()) == 5
-    assert jobs["notebook"] == len(_spec_pages()) == 6 and jobs["index"] == 1
+    assert jobs["notebook"] == len(_spec_pages()) == 7 and jobs["index"] == 1
     for exp in ("lodopab_ms_radial_nonoise", "knee_iunet_radial_condloss", "lodopab_cinn2020"):
         assert f"results/paper/models/{exp}/best.pt" in out.stdout
 
@@ -95,7 +97,11 @@ def test_paper_dry_run_lists_seed_002s_grid():
     from genrecon.evaluation.grid import measurement_settings, setting_id
 
     paper = _sheet("paper")
-    rows = {e: r for e, r in paper["experiments"].items() if r["dataset"] == "knee_pd"}
+    rows = {  # seed 003's knee Glow rows use the same images under another protocol
+        e: r
+        for e, r in paper["experiments"].items()
+        if r["dataset"] == "knee_pd" and r["protocols"] == ["grid"]
+    }
     variants = sorted(r["variant"]["covariance"] for r in rows.values() if r["method"] == "vae")
     assert variants == ["diagonal", "identity", "structured"]
     methods = {r["method"] for r in rows.values()} - {"vae"}
@@ -119,6 +125,33 @@ def test_paper_dry_run_lists_seed_002s_grid():
     for exp in ("knee_vae_covar", "knee_range", "knee_narnhofer19"):
         key = "mean_model" if exp.startswith("knee_vae") else "generator_model"
         assert f"--parent {key}={mean}" in out.stdout
+
+
+def test_paper_dry_run_lists_seed_003s_tables():
+    """Seed 003 at paper scale: two Glow trainings and every table's rows, each inverting one
+    task with its data set's trained Glow (the parent checkpoint on the command line)."""
+    paper = _sheet("paper")
+    rows = {e: r for e, r in paper["experiments"].items() if r["method"].startswith("glow")}
+    spec = yaml.safe_load((ROOT / "config" / "tables.yaml").read_text())
+    tables = [t for t in spec["tables"] if t.startswith("s003_")]
+    assert sorted(tables) == [f"s003_table{k}" for k in (1, 2, 3, 4, 7, 8, 9)]
+    for table in tables:  # every row of every seed-003 table runs at paper scale
+        assert {r["experiment"] for r in spec["tables"][table]["rows"]} <= set(rows), table
+    tasks = {r["task"] for r in rows.values()}
+    assert tasks == {
+        "deblur",
+        "deblur_inaccurate",
+        "mri_acc8_snr20",
+        "mri_acc8_snr10",
+        "mri_acc2_snr20",
+        "eikonal",
+    }
+    out = snakemake("-n", "--config", "scale=paper", "--directory", str(ROOT), "-p")
+    for exp in rows:
+        assert f"results/paper/eval/{exp}/summary.json" in out.stdout
+    for glow in ("faces_glayers_p2", "knee_glow_glayers_acc8_snr20"):
+        assert f"results/paper/models/{glow}/best.pt" in out.stdout
+    assert "--parent generator_model=results/paper/models/faces_glayers_p2/best.pt" in out.stdout
 
 
 def test_smoke_dry_run_needs_no_download():
@@ -204,6 +237,21 @@ def _tiny(params: dict) -> dict:
         "cartesian": {"p": [0.3], "center_rows": 4, "noise": 0.05},
         "examples": 1,
     }
+    # seed 003: 8/2/2 stand-in faces, a 2-level Glow of one step, 2 starts of 2 L-BFGS steps
+    s["datasets"]["celeba_hq"]["splits"] = {"train": 8, "validation": 2, "test": 2}
+    s["architectures"]["faces_glow"] = {"levels": 2, "steps": 1, "hidden": 4}
+    s["train"]["celeba_hq"] = {
+        **s["train"]["celeba_hq"],
+        "steps": 4,
+        "batch_size": 4,
+        "val_every": 2,
+    }
+    s["evaluate"]["celeba_hq"] = {**s["evaluate"]["celeba_hq"], "num_images": 1, "examples": 1}
+    for name, row in params["experiments"].items():
+        if row["dataset"] == "celeba_hq":
+            s["experiments"].setdefault(name, {}).setdefault("variant", {}).update(
+                {"iterations": 2, "starts": 2}
+            )
     fast = {
         "vae": {"iterations": 2},
         "gd_least_squares": {"iterations": 2},

@@ -133,6 +133,61 @@ def _training(
 AUTHORS_CPU_SECONDS = {"step": 1.5, "inverse": 0.65}
 
 
+#: seed 003 Table 11's combinations (the ICA layer always on, as the paper's timings)
+G_LAYER_COMBINATIONS = {
+    "ica": {"ica": True, "yeo_johnson": False, "lambert": False},
+    "ica_yj": {"ica": True, "yeo_johnson": True, "lambert": False},
+    "ica_lambert": {"ica": True, "yeo_johnson": False, "lambert": True},
+    "ica_yj_lambert": {"ica": True, "yeo_johnson": True, "lambert": True},
+}
+
+
+def _paper_table11() -> dict | None:
+    """Seed 003's Table 11 rows from reference/paper_results.yaml (None when absent)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "reference" / "paper_results.yaml"
+    if not path.exists():
+        return None
+    results = yaml.safe_load(path.read_text())
+    return results["gaussianization_layers"]["tables"]["table11"]["rows"]
+
+
+def _gaussianization(repeats: int, device: str, paper: dict | None) -> list[dict]:
+    """Seed 003 Table 11: seconds per forward and per backward of the Gaussianization layers on
+    the latent of the paper's Glow (3 x 128 x 128 as 256 patches of 8 x 8 x 3, P2), beside
+    the paper's V100 figures (`paper`: reference/paper_results.yaml's table11 rows)."""
+    from genrecon.models.gaussianization import GaussianizationLayers
+
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn((256, 192), generator=generator).to(device)
+    out = []
+    for name, switches in G_LAYER_COMBINATIONS.items():
+        layers = GaussianizationLayers(**switches)
+        weights = torch.randn(latent.shape, generator=generator).to(device)
+        state: dict[str, torch.Tensor] = {}
+
+        def forward(layers=layers, weights=weights, state=state):
+            x = latent.clone().requires_grad_(True)
+            state["value"] = (layers(x) * weights).sum()
+
+        def backward(state=state, forward=forward):
+            forward()
+            state["value"].backward()
+
+        fwd, fwd_std = _time(forward, repeats)
+        both, both_std = _time(backward, repeats)
+        ref = (paper or {}).get(f"glow_tensor_{name}", {})
+        for what, value, std in (("forward", fwd, fwd_std), ("backward", both - fwd, both_std)):
+            label = f"Gaussianization layers {name}, {what}, Glow latent 256x192 (P2)"
+            if what == "backward":  # timed as forward + backward, minus the forward's mean
+                label += " [std: of forward + backward]"
+            if what in ref:
+                label += f" (the paper, one V100: {ref[what]:g} s)"
+            out.append({"name": label, "value": value, "std": std, "unit": "s"})
+    return out
+
+
 def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) -> dict:
     import mlflow
 
@@ -169,6 +224,8 @@ def run_benchmarks(params: dict, out: Path, run_id: str, quick: bool = False) ->
         device,
         AUTHORS_CPU_SECONDS if device == "cpu" else None,
     )
+    table11 = _paper_table11()
+    results += _gaussianization(2 if quick else 3, device, table11)
     for item in results:
         if "target" in item:
             item["name"] += f" (the authors' code here: {item['target']:g} {item['unit']})"

@@ -125,7 +125,8 @@ def cmd_fit(args, params, settings) -> None:
     # a method that starts from another experiment's model (seed 002's covariance stage) builds
     # through `build_model`, which copies those weights in; `build` alone rebuilds a checkpoint
     build = getattr(method, "build_model", None) or method.build
-    lazy = dataset.needs_download()  # real data at paper scale: read batches from disk
+    # real data at paper scale: read batches from disk
+    lazy = dataset.needs_download() or getattr(dataset, "stream_training", False)
     train_split = dataset.split(root, "train", lazy=lazy)
     val_split = dataset.split(root, "validation")
     spec = method.spec(job, tuple(train_split.x.shape[1:]))
@@ -179,6 +180,9 @@ def cmd_reconstruct(args, params, settings) -> None:
             "search": job.get("tune"),
             "seed": job["seed"],
         }
+    elif getattr(PROTOCOLS[protocol], "wants_seed", False):  # seed 003: seeded starts, data
+        split = dataset.split(root, "test")  # the protocol picks its images (spread)
+        extra = {"seed": job["seed"]}
     else:
         split = dataset.split(root, "test", job["evaluate"]["num_images"])
     tracked = {**job, "checkpoint": args.checkpoint}

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 SCALES = ("smoke", "paper")
-PROTOCOLS = ("posterior", "point", "grid")
+PROTOCOLS = ("posterior", "point", "grid", "inversion")
 SCHEMA = Path("workflow/schemas/params.schema.yaml")
 
 
@@ -181,7 +181,11 @@ def check_references(settings: dict) -> None:
             if sweep not in settings["sweeps"]:
                 raise ConfigError(f"{where}.sweeps: no sweep {sweep!r} in `sweeps`")
         check_parents(settings, name, row, cls)
+        problem = cls.check_variant(name, settings)
+        if problem:
+            raise ConfigError(f"{where}.variant: {problem}")
         check_tune(settings, name, row, accepted)
+        check_task(settings, name, row)
 
 
 def check_parents(settings: dict, name: str, row: dict, cls: type) -> None:
@@ -219,6 +223,22 @@ def check_tune(settings: dict, name: str, row: dict, accepted: set[str]) -> None
         raise ConfigError(f"{where}: {key!r} is not a variant key of {row['method']!r}")
 
 
+def check_task(settings: dict, name: str, row: dict) -> None:
+    """The inversion protocol (seed 003) runs the row's `task`, one of its dataset's tasks."""
+    where = f"params.yaml: experiments.{name}"
+    inverts = "inversion" in row["protocols"]
+    if not inverts:
+        if row.get("task") is not None:
+            raise ConfigError(f"{where}.task: only the inversion protocol runs a task")
+        return
+    tasks = (settings["evaluate"].get(row["dataset"]) or {}).get("tasks") or {}
+    if row.get("task") not in tasks:
+        raise ConfigError(
+            f"{where}.task: {row.get('task')!r} is not a task of evaluate.{row['dataset']}.tasks "
+            f"({sorted(tasks)})"
+        )
+
+
 def parent_experiments(settings: dict, name: str) -> dict[str, str]:
     """{variant key: experiment} of the trained models experiment `name` builds on."""
     from genrecon.methods import method_class
@@ -248,7 +268,12 @@ def fit_settings(settings: dict, name: str) -> dict[str, Any]:
     """Everything training reads: the row, its variant with the architecture resolved, the
     dataset's `train` block with the row's own `train` overrides on top, the data settings."""
     row = experiment(settings, name)
-    variant = dict(row["variant"])
+    from genrecon.methods import method_class
+
+    keys = method_class(row["method"]).training_keys
+    # only the keys that shape the training (None: all): the others change no trained weight,
+    # so a change to them must not retrain (seed 003's Glow rows carry inversion settings)
+    variant = {k: v for k, v in row["variant"].items() if keys is None or k in keys}
     if "arch" in variant:
         variant["architecture"] = settings["architectures"][variant["arch"]]
     job = {
@@ -287,6 +312,13 @@ def reconstruct_settings(settings: dict, name: str) -> dict[str, Any]:
         out["evaluate"]["sample_counts"] = settings["evaluate"]["sample_counts"]
     elif "grid" in row["protocols"]:  # every measurement setting, and the tuning search
         out["tune"] = row.get("tune")
+    elif "inversion" in row["protocols"]:  # seed 003: the row's task only
+        out["evaluate"] = {
+            "num_images": evaluate["num_images"],
+            "examples": evaluate["examples"],
+            "task_name": row["task"],
+            "task": evaluate["tasks"][row["task"]],
+        }
     else:  # point estimates: no samples, so only the image count matters
         out["evaluate"] = {"num_images": evaluate["num_images"]}
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from genrecon.data import knee, knee_pd, lodopab, mnist  # noqa: F401  (registers the datasets)
+from genrecon.data import celeba_hq, knee, knee_pd, lodopab, mnist  # noqa: F401  (registers the datasets)
 from genrecon.data.base import Dataset, lookup, registered_datasets
 
 

@@ -441,3 +441,4 @@ SWEEPS: dict[str, Callable[..., list[dict]]] = {"refine": refine_sweep}
 # seed 002's grid of measurement settings registers itself in PROTOCOLS; imported last because
 # it builds on the helpers above (and as a module, so either may be imported first)
 import genrecon.evaluation.grid  # noqa: E402, F401
+import genrecon.evaluation.inversion  # noqa: E402, F401  (seed 003's protocol)

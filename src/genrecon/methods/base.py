@@ -56,6 +56,9 @@ class Method:
     #: inputs of this experiment's jobs, and the CLI hands the loaded models to `use_parents`
     #: before `build`/`attach`. A key whose value is None names no model.
     parents: ClassVar[tuple[str, ...]] = ()
+    #: the variant keys that shape the trained model (None: all of them). `fit` jobs see only
+    #: these, so changing another key (e.g. an inversion setting) reruns the evaluation only
+    training_keys: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def check_parent(cls, key: str, parent_row: dict) -> str | None:
@@ -63,6 +66,15 @@ class Method:
 
         Checked at startup (config.check_parents), so a wrong name fails there, not inside a
         GPU job that has loaded the wrong model."""
+        return None
+
+    @classmethod
+    def check_variant(cls, name: str, settings: dict) -> str | None:
+        """Why experiment `name`'s variant cannot run at this scale (None: it can).
+
+        Checked at startup (config.check_references) for what a constructor cannot see alone
+        (e.g. a patch size against the latent shapes of the architecture at this scale), so a
+        bad row fails before any training, not in the evaluation job days later."""
         return None
 
     def use_parents(self, models: dict[str, torch.nn.Module]) -> None:

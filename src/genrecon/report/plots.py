@@ -332,3 +332,47 @@ def covariance_figures(results: str | Path, experiments: Sequence[tuple[str, str
                 ax.plot([c], [r], marker="*", color="yellow", ms=8)
     fig.tight_layout()
     return fig
+
+
+def _show(ax, image: np.ndarray) -> None:
+    """A (C, H, W) or (H, W) image in [0, 1]: RGB as colour, one channel as grey."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[0] == 3:
+        ax.imshow(np.clip(image.transpose(1, 2, 0), 0.0, 1.0))
+    else:
+        ax.imshow(np.clip(image.reshape(image.shape[-2:]), 0.0, 1.0), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def inversion_examples(
+    results: str | Path, experiments: Sequence[tuple[str, str]], key: str = "best"
+) -> Figure:
+    """Seed 003 Fig. 5: per test image (rows) the truth, the data (blurred, noisy) and each
+    method's inversion (`key`: `best` = the start of highest PSNR, the paper's pick; `point` =
+    the lowest objective), PSNR (dB) in each panel: the dataset's own PSNR, saved beside the
+    images by the protocol. `experiments`: (experiment, label) pairs."""
+    data = {exp: np.load(Path(results) / "eval" / exp / "examples.npz") for exp, _ in experiments}
+    first = data[experiments[0][0]]
+    truths = first["truth"]
+    head = ["ground truth"] + (["data"] if "data" in first.files else [])
+    columns = head + [label for _, label in experiments]
+    fig, axes = plt.subplots(
+        len(truths),
+        len(columns),
+        figsize=(1.7 * len(columns), 1.8 * len(truths) + 0.4),
+        squeeze=False,
+    )
+    for i, truth in enumerate(truths):
+        panels = [(truth, "")]
+        if "data" in first.files:
+            panels.append((first["data"][i], f"{first['psnr_data'][i]:.1f}"))
+        panels += [(data[e][key][i], f"{data[e]['psnr_' + key][i]:.1f}") for e, _ in experiments]
+        for j, (image, text) in enumerate(panels):
+            _show(axes[i][j], image)
+            if text:
+                axes[i][j].text(1, 1, text, color="white", fontsize=7, va="top")
+            if i == 0:
+                axes[i][j].set_title(columns[j], fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -65,6 +65,13 @@ def _describe_dataset(name: str, cfg: Mapping[str, Any]) -> str:
         splits = cfg["splits"]
         what = "real MNIST test images (t10k)" if cfg.get("source") == "embedded" else "MNIST"
         return f"{what}, {splits['train']}/{splits['validation']}/{splits['test']} train/val/test"
+    if name == "celeba_hq":
+        splits, size = cfg["splits"], cfg["image_size"]
+        what = "CelebA-HQ faces"
+        if cfg.get("source") == "lfw":
+            what = "STAND-IN: scikit-image's LFW faces (grey), not CelebA-HQ"
+        counts = f"{splits['train']}/{splits['validation']}/{splits['test']} train/val/test"
+        return f"{what}, {size}×{size} px, {counts}"
     return f"{name} ({cfg.get('source', 'unknown source')})"
 
 
