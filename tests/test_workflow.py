@@ -131,7 +131,8 @@ def test_paper_dry_run_lists_seed_003s_tables():
     """Seed 003 at paper scale: two Glow trainings and every table's rows, each inverting one
     task with its data set's trained Glow (the parent checkpoint on the command line)."""
     paper = _sheet("paper")
-    rows = {e: r for e, r in paper["experiments"].items() if r["method"].startswith("glow")}
+    rows = {e: r for e, r in paper["experiments"].items() if r["protocols"] == ["inversion"]}
+    assert {r["method"] for r in rows.values()} == {"glow", "glow_latent", "tv"}
     spec = yaml.safe_load((ROOT / "config" / "tables.yaml").read_text())
     tables = [t for t in spec["tables"] if t.startswith("s003_")]
     assert sorted(tables) == [f"s003_table{k}" for k in (1, 2, 3, 4, 7, 8, 9)]

@@ -94,7 +94,6 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 from skimage.metrics import structural_similarity
 from skimage.transform import resize
@@ -103,7 +102,7 @@ from tqdm import tqdm
 from genrecon.atomic import atomic_path
 from genrecon.data import knee, lodopab
 from genrecon.data.base import MANIFEST, Dataset, Split, register_dataset, write_manifest
-from genrecon.data.download import download, file_digest
+from genrecon.data.download import download, file_digest, user_url_entries
 from genrecon.data.errors import REPREPARE, DataError, DataFileError, open_h5, require_keys
 from genrecon.physics.blur import GaussianBlur
 
@@ -200,23 +199,11 @@ def check_settings(cfg: dict) -> str:
 
 def url_entries(urls: list[dict] | str | None) -> list[dict]:
     """The user's download list: given inline or as the path of a YAML file holding it."""
-    if isinstance(urls, str):
-        path = Path(urls).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"{SETTING}.urls = {urls!r}: no such file")
-        urls = yaml.safe_load(path.read_text())
-    if not urls:
-        raise ValueError(
-            f"{SETTING}.urls is empty: source 'urls' needs your own links to CelebA-HQ's images "
-            f"(an archive), {MAPPING_NAMES[0]} and CelebA's {PARTITION_NAMES[0]}, as "
-            "[{url, sha256}] (or set source: local and path: <your folder>)"
-        )
-    for index, entry in enumerate(urls):
-        if not isinstance(entry, dict) or "url" not in entry or not {"sha256", "md5"} & set(entry):
-            raise ValueError(
-                f"{SETTING}.urls[{index}]: each entry needs `url` and `sha256` or `md5`"
-            )
-    return list(urls)
+    wanted = (
+        f"your own links to CelebA-HQ's images (an archive), {MAPPING_NAMES[0]} and CelebA's "
+        f"{PARTITION_NAMES[0]}, as [{{url, sha256}}] (or set source: local and path: <your folder>)"
+    )
+    return user_url_entries(urls, f"{SETTING}.urls", wanted)
 
 
 def public_config(cfg: dict) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 from tqdm import tqdm
 
 from genrecon.data.errors import DataError, DataFileError
@@ -286,3 +287,20 @@ def check_zenodo_pin(meta: dict, record: int, root: Path, pins: Path = PINS) -> 
         f"copy it into {PIN_DIR_IN_REPO} and commit it so later downloads are checked against it",
         file=sys.stderr,
     )
+
+
+def user_url_entries(urls: list[dict] | str | None, setting: str, wanted: str) -> list[dict]:
+    """A user's download list (`setting`, e.g. datasets.fastmri_knee.urls): given inline or as
+    the path of a YAML file holding it (kept out of the repository), each entry a `url` with a
+    `sha256` or `md5`. `wanted` says, in the error for an empty list, which links are needed."""
+    if isinstance(urls, str):
+        path = Path(urls).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{setting} = {urls!r}: no such file")
+        urls = yaml.safe_load(path.read_text())
+    if not urls:
+        raise ValueError(f"{setting} is empty: source 'urls' needs {wanted}")
+    for index, entry in enumerate(urls):
+        if not isinstance(entry, dict) or "url" not in entry or not {"sha256", "md5"} & set(entry):
+            raise ValueError(f"{setting}[{index}]: each entry needs `url` and `sha256` (or `md5`)")
+    return list(urls)

@@ -58,13 +58,12 @@ from typing import Any, NoReturn
 import h5py
 import numpy as np
 import torch
-import yaml
 from fastmri import fft2c, ifft2c
 from fastmri.data.transforms import center_crop
 from skimage.metrics import structural_similarity
 
 from genrecon.data.base import Dataset, Split, register_dataset, write_manifest
-from genrecon.data.download import download
+from genrecon.data.download import download, user_url_entries
 from genrecon.data.errors import REPREPARE, DataFileError, open_h5, require_keys
 from genrecon.physics.base import LinearPhysics
 from genrecon.physics.mri import MRIPhysics, file_seed, random_mask
@@ -83,20 +82,11 @@ SETTING = "datasets.fastmri_knee"
 # ---- settings -------------------------------------------------------------------------------
 def url_entries(urls: list[dict] | str | None) -> list[dict]:
     """The user's download list: given inline or as the path of a YAML file holding it."""
-    if isinstance(urls, str):
-        path = Path(urls).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"{SETTING}.urls = {urls!r}: no such file")
-        urls = yaml.safe_load(path.read_text())
-    if not urls:
-        raise ValueError(
-            f"{SETTING}.urls is empty: source 'urls' needs the download links NYU sent you, "
-            "as [{url, sha256}] (or set source: local and path: <folder with singlecoil_train/>)"
-        )
-    for entry in urls:
-        if "url" not in entry or not ({"sha256", "md5"} & set(entry)):
-            raise ValueError(f"{SETTING}.urls: each entry needs `url` and `sha256` (or `md5`)")
-    return list(urls)
+    wanted = (
+        "the download links NYU sent you, as [{url, sha256}] (or set source: local and "
+        "path: <folder with singlecoil_train/>)"
+    )
+    return user_url_entries(urls, f"{SETTING}.urls", wanted)
 
 
 def entry_name(entry: dict) -> str:

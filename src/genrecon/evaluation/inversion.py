@@ -45,6 +45,7 @@ from genrecon.evaluation.protocols import (
     write_rows,
 )
 from genrecon.methods.base import Method
+from genrecon.physics.base import LinearPhysics
 from genrecon.physics.blur import GaussianBlur
 from genrecon.physics.mri import RealFourierMRI, cartesian_rows_mask
 
@@ -52,12 +53,21 @@ FORWARDS = ("blur", "mri", "eikonal")
 METRICS = ("psnr", "ssim")
 
 
-class ChannelMRI:
-    """RealFourierMRI on (b, 1, H, W) images: the Glow's layout, seed 002's operator."""
+class ChannelMRI(LinearPhysics):
+    """RealFourierMRI on (b, 1, H, W) images: the Glow's layout, seed 002's operator (a linear
+    operator with its adjoint, so TV's PDHG runs on it too)."""
 
     def __init__(self, mri: RealFourierMRI) -> None:
         self.mri = mri
         self.noise_std = mri.noise_std
+        self.in_shape = (1, *mri.in_shape)
+        self.out_shape = mri.out_shape
+
+    def A_dagger(self, y: torch.Tensor) -> torch.Tensor:
+        return self.mri.A_dagger(y)[:, None]
+
+    def _probe_dtype(self) -> torch.dtype:
+        return self.mri._probe_dtype()
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         return self.mri.A(x[:, 0])
