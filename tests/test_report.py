@@ -847,3 +847,15 @@ def test_a_grid_curve_missing_at_a_scale_leaves_its_rows_out(project, spec, smok
     assert not pick(rows, table="s002_fig3_n0125", experiment="knee_vae_covar")
     assert pick(rows, table="s002_fig3_n0125", experiment="knee_vae_identity")
     assert pick(rows, table="s002_fig3_n05", experiment="knee_vae_covar")
+
+
+@pytest.mark.parametrize("scale", ["smoke", "paper"])
+def test_every_caption_fills_at_every_scale(params, spec, scale):
+    """A caption may quote only settings that exist at every scale (a paper-only row does not
+    exist at smoke): the numbers job renders every caption, also for tables empty there."""
+    from genrecon.report.settings import fill
+
+    settings = resolve_settings(params, scale)
+    for tid, table in spec["tables"].items():
+        if "caption" in table:
+            fill(table["caption"], settings, scale, f"tables.{tid}.caption")
