@@ -88,6 +88,42 @@ def _take(stack: Any, indices: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(stack[unique], dtype=np.float32)[inverse])
 
 
+def _rows(stack: Any, index: Any, length: int) -> np.ndarray:
+    """stack[index] as float32 for an integer, slice or integer array (any order, repeats)
+    within `length`; an on-disk (h5py) stack is read at sorted, unique indices."""
+    if isinstance(index, (int, np.integer)):
+        if not -length <= index < length:
+            raise IndexError(f"index {index} out of range for {length} images")
+        return np.asarray(stack[int(index) % length], np.float32)
+    index = np.arange(length)[index] if isinstance(index, slice) else np.asarray(index)
+    if index.size and (index.min() < -length or index.max() >= length):
+        raise IndexError(f"index out of range for {length} images")
+    index = np.where(index < 0, index + length, index)
+    unique, inverse = np.unique(index, return_inverse=True)  # h5py wants sorted, unique
+    return np.asarray(stack[unique], np.float32)[inverse]
+
+
+class ImageStack:
+    """The first `length` images of a stored stack (on disk or in memory), read on demand as
+    float32 divided by `divisor` (e.g. 255 for uint8 images): the lazy `x` of a split."""
+
+    def __init__(self, data: Any, length: int, divisor: float = 1.0):
+        self.data = data
+        self.divisor = np.float32(divisor)
+        self.shape = (length, *data.shape[1:])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        rows = _rows(self.data, index, len(self))
+        return rows if self.divisor == 1 else rows / self.divisor
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[:], dtype)
+
+
 class Dataset:
     """A dataset of the pipeline; subclasses register with `register_dataset`."""
 

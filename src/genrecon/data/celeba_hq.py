@@ -101,7 +101,14 @@ from tqdm import tqdm
 
 from genrecon.atomic import atomic_path
 from genrecon.data import knee, lodopab
-from genrecon.data.base import MANIFEST, Dataset, Split, register_dataset, write_manifest
+from genrecon.data.base import (
+    MANIFEST,
+    Dataset,
+    ImageStack,
+    Split,
+    register_dataset,
+    write_manifest,
+)
 from genrecon.data.download import download, file_digest, user_url_entries
 from genrecon.data.errors import REPREPARE, DataError, DataFileError, open_h5, require_keys
 from genrecon.physics.blur import GaussianBlur
@@ -561,36 +568,6 @@ def write_celeba(path: Path, plan: dict[str, np.ndarray], data: dict[str, Any], 
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def _rows(stack: Any, index: Any, length: int) -> np.ndarray:
-    """stack[index] for an integer, slice or integer array (any order, repeats) within `length`."""
-    if isinstance(index, (int, np.integer)):
-        if not -length <= index < length:
-            raise IndexError(f"index {index} out of range for {length} images")
-        return np.asarray(stack[int(index) % length])
-    index = np.arange(length)[index] if isinstance(index, slice) else np.asarray(index)
-    if index.size and (index.min() < -length or index.max() >= length):
-        raise IndexError(f"index out of range for {length} images")
-    index = np.where(index < 0, index + length, index)
-    unique, inverse = np.unique(index, return_inverse=True)  # h5py wants sorted, unique
-    return np.asarray(stack[unique])[inverse]
-
-
-class ImageStack:
-    """The first `length` stored images (uint8, on disk or in memory) as float32 in [0, 1]."""
-
-    def __init__(self, data: Any, length: int):
-        self.data = data
-        self.shape = (length, *data.shape[1:])
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return _rows(self.data, index, len(self)).astype(np.float32) / np.float32(255)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self[:], dtype)
 
 
 def image_seed(seed: int, split: str, index: int) -> int:
@@ -816,10 +793,10 @@ class CelebAHQ(Dataset):
             else 0,
         }
         if lazy:
-            x: Any = ImageStack(group["x"], n)
+            x: Any = ImageStack(group["x"], n, divisor=255)
         else:
             with f:
-                x = ImageStack(group["x"][:n], n)[:]
+                x = ImageStack(group["x"][:n], n, divisor=255)[:]
         y = MeasurementStack(x, self.physics(root), self.seed, split)
         return FaceSplit(x, y, {}, **columns)
 

@@ -57,7 +57,7 @@ from skimage.transform import resize
 from tqdm import tqdm
 
 from genrecon.data import knee
-from genrecon.data.base import Dataset, Split, register_dataset, write_manifest
+from genrecon.data.base import Dataset, ImageStack, Split, register_dataset, write_manifest
 from genrecon.data.download import download
 from genrecon.data.errors import REPREPARE, DataFileError, open_h5, require_keys
 from genrecon.physics.mri import RealFourierMRI, measurement_physics
@@ -281,38 +281,6 @@ def kspace(images: np.ndarray) -> np.ndarray:
         block = torch.from_numpy(np.asarray(images[start : start + CHUNK], np.float64))
         out[start : start + CHUNK] = fft2c(torch.stack([block, torch.zeros_like(block)], -1))
     return out
-
-
-def _rows(stack: Any, index: Any, length: int) -> np.ndarray:
-    """stack[index] for an on-disk stack: integer, slice or integer array, any order."""
-    if isinstance(index, (int, np.integer)):
-        if not -length <= index < length:
-            raise IndexError(f"index {index} out of range for {length} images")
-        return np.asarray(stack[int(index) % length], np.float32)
-    index = np.arange(length)[index] if isinstance(index, slice) else np.asarray(index)
-    if index.size and (index.min() < -length or index.max() >= length):
-        raise IndexError(f"index out of range for {length} images")
-    index = np.where(index < 0, index + length, index)
-    unique, inverse = np.unique(index, return_inverse=True)  # h5py wants sorted, unique
-    return np.asarray(stack[unique], np.float32)[inverse]
-
-
-class ImageStack:
-    """The first `length` images of an on-disk stack, read on demand (lazy splits)."""
-
-    def __init__(self, data: Any, length: int):
-        self.data = data
-        self.shape = (length, *data.shape[1:])
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return _rows(self.data, index, len(self))
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self[:], dtype)
 
 
 class KSpaceStack:

@@ -78,9 +78,6 @@ class ChannelMRI(LinearPhysics):
     def noise(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.mri.noise(y, generator)
 
-    def measure(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.noise(self.A(x), generator)
-
 
 def rows_probability(size: int, acceleration: float, center_rows: int) -> float:
     """The probability of each non-centre row so that size / acceleration rows are expected."""
